@@ -1,0 +1,1 @@
+"""Input data: the embedded shapes world, WebVid, and the host-sharded pipeline."""

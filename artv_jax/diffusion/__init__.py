@@ -1,0 +1,1 @@
+"""Diffusion math: noise schedules, the masked-diffusion objective and samplers."""
