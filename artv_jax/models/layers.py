@@ -1,0 +1,162 @@
+"""Building blocks shared by the UNet, the VAE and the adapter (NHWC, diffusers semantics).
+
+Every module here names its parameters as the diffusers module it mirrors, so
+a Flax path maps 1:1 to a diffusers state-dict key (see `artv_jax.weights`).
+Normalisation statistics and softmax run in float32 whatever the compute dtype.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+
+
+def group_norm(num_groups: int, eps: float, dtype: Dtype, name: str) -> nn.GroupNorm:
+    """A GroupNorm with torch's two-pass variance (exact parity with `torch.nn.GroupNorm`)."""
+    return nn.GroupNorm(num_groups=num_groups, epsilon=eps, use_fast_variance=False, dtype=dtype, name=name)
+
+
+def conv(features: int, kernel: int, dtype: Dtype, name: str, stride: int = 1, padding: int | None = None) -> nn.Conv:
+    """A 2-D convolution with torch's symmetric integer padding (default: 'same' for odd kernels)."""
+    pad = (kernel - 1) // 2 if padding is None else padding
+    return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding=((pad, pad), (pad, pad)), dtype=dtype, name=name)
+
+
+def timestep_embedding(
+    timesteps: jax.Array, dim: int, flip_sin_to_cos: bool, freq_shift: float, max_period: float = 10000.0
+) -> jax.Array:
+    """Sinusoidal embedding of (possibly fractional) timesteps, as diffusers' `get_timestep_embedding`."""
+    half = dim // 2
+    exponent = -math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / (half - freq_shift)
+    args = timesteps.astype(jnp.float32)[:, None] * jnp.exp(exponent)[None, :]
+    emb = jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=-1)
+    if flip_sin_to_cos:
+        emb = jnp.concatenate([emb[:, half:], emb[:, :half]], axis=-1)
+    if dim % 2:
+        emb = jnp.pad(emb, ((0, 0), (0, 1)))
+    return emb
+
+
+class TimestepEmbedding(nn.Module):
+    """The two-layer MLP on the sinusoidal embedding (`linear_1`, SiLU, `linear_2`)."""
+
+    features: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, emb: jax.Array) -> jax.Array:
+        emb = nn.Dense(self.features, dtype=self.dtype, name="linear_1")(emb)
+        return nn.Dense(self.features, dtype=self.dtype, name="linear_2")(nn.silu(emb))
+
+
+class ResnetBlock2D(nn.Module):
+    """diffusers' `ResnetBlock2D` with `time_embedding_norm="default"` and SiLU.
+
+    out = (shortcut(x) + conv2(silu(norm2(conv1(silu(norm1(x))) + proj(silu(temb)))))) / output_scale_factor
+    """
+
+    out_channels: int
+    groups: int = 32
+    eps: float = 1e-6
+    output_scale_factor: float = 1.0
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, temb: jax.Array | None = None) -> jax.Array:
+        h = nn.silu(group_norm(self.groups, self.eps, self.dtype, "norm1")(x))
+        h = conv(self.out_channels, 3, self.dtype, "conv1")(h)
+        if temb is not None:
+            temb = nn.Dense(self.out_channels, dtype=self.dtype, name="time_emb_proj")(nn.silu(temb))
+            h = h + temb[:, None, None, :]
+        h = nn.silu(group_norm(self.groups, self.eps, self.dtype, "norm2")(h))
+        h = conv(self.out_channels, 3, self.dtype, "conv2")(h)
+        if x.shape[-1] != self.out_channels:
+            x = conv(self.out_channels, 1, self.dtype, "conv_shortcut")(x)
+        out = x + h
+        if self.output_scale_factor != 1.0:
+            out = out / self.output_scale_factor
+        return out
+
+
+class Downsample2D(nn.Module):
+    """A stride-2 3x3 convolution (`conv`).
+
+    `padding=1` is the UNet's symmetric padding; `padding=0` is the VAE's,
+    which pads one pixel on the right and bottom only, as diffusers does.
+    """
+
+    out_channels: int
+    padding: int = 1
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if self.padding == 0:
+            x = jnp.pad(x, ((0, 0), (0, 1), (0, 1), (0, 0)))
+        return conv(self.out_channels, 3, self.dtype, "conv", stride=2, padding=self.padding)(x)
+
+
+def upsample_nearest(x: jax.Array, size: tuple[int, int] | None = None) -> jax.Array:
+    """Nearest-neighbour upsampling NHWC: x2, or to `size` with torch's index rule floor(i * in / out)."""
+    if size is None:
+        return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+    (h, w), (out_h, out_w) = x.shape[1:3], size
+    rows = (jnp.arange(out_h) * h) // out_h
+    cols = (jnp.arange(out_w) * w) // out_w
+    return x[:, rows][:, :, cols]
+
+
+class Upsample2D(nn.Module):
+    """Nearest x2 (or to an explicit size) followed by a 3x3 convolution (`conv`)."""
+
+    out_channels: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, size: tuple[int, int] | None = None) -> jax.Array:
+        return conv(self.out_channels, 3, self.dtype, "conv")(upsample_nearest(x, size))
+
+
+def multihead_attention(q: jax.Array, k: jax.Array, v: jax.Array, heads: int, upcast: bool = False) -> jax.Array:
+    """softmax(q k^T / sqrt(d)) v over `heads` heads; (B, L, H*d) in and out.
+
+    Runs through `jax.nn.dot_product_attention`, which picks fused kernels
+    (cuDNN flash attention on GPU) where they apply. `upcast` computes in
+    float32 (diffusers' `upcast_attention`, needed by SD 2.1 in fp16/bf16).
+    """
+    out_dtype = q.dtype
+    if upcast:
+        q, k, v = (a.astype(jnp.float32) for a in (q, k, v))
+    split = lambda a: a.reshape(a.shape[0], a.shape[1], heads, a.shape[2] // heads)
+    out = jax.nn.dot_product_attention(split(q), split(k), split(v))
+    return out.reshape(out.shape[0], out.shape[1], -1).astype(out_dtype)
+
+
+class Attention(nn.Module):
+    """diffusers' `Attention`: `to_q`, `to_k`, `to_v`, `to_out.0`, optional context (cross-attention).
+
+    `qkv_bias` is False in the UNet's transformer blocks and True in the VAE.
+    """
+
+    heads: int
+    dim_head: int
+    out_dim: int
+    qkv_bias: bool = False
+    upcast: bool = False
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, context: jax.Array | None = None) -> jax.Array:
+        context = x if context is None else context
+        inner = self.heads * self.dim_head
+        q = nn.Dense(inner, use_bias=self.qkv_bias, dtype=self.dtype, name="to_q")(x)
+        k = nn.Dense(inner, use_bias=self.qkv_bias, dtype=self.dtype, name="to_k")(context)
+        v = nn.Dense(inner, use_bias=self.qkv_bias, dtype=self.dtype, name="to_v")(context)
+        out = multihead_attention(q, k, v, self.heads, self.upcast)
+        return nn.Dense(self.out_dim, dtype=self.dtype, name="to_out_0")(out)
