@@ -1,6 +1,5 @@
 """UNet parity: tiny random diffusers `UNet2DConditionModel`s, saved and loaded with `load_unet`."""
 
-import json
 
 import jax
 import jax.numpy as jnp
@@ -12,6 +11,7 @@ diffusers = pytest.importorskip("diffusers")
 
 from artv_jax import pretrained, weights
 from artv_jax.models.unet import UNetConfig
+from helpers import randomize
 
 SD1_LIKE = dict(
     block_out_channels=(32, 64),
@@ -52,15 +52,6 @@ ODD = dict(
     sample_size=9,
 )
 CONFIGS = {"sd1_like": SD1_LIKE, "sd2_like": SD2_LIKE, "odd_sizes_lists": ODD}
-
-
-def randomize(model, seed=0):
-    """Non-trivial weights everywhere (diffusers zero-initialises some output convs)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
-    return model
 
 
 def save_unet(tmp_path, config, seed=0):

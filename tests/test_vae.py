@@ -9,6 +9,7 @@ diffusers = pytest.importorskip("diffusers")
 
 from artv_jax import pretrained, weights
 from artv_jax.models.vae import VAEConfig
+from helpers import randomize
 
 BASE = dict(
     block_out_channels=(8, 16),
@@ -29,12 +30,7 @@ CONFIGS = {
 
 
 def save_vae(tmp_path, config, seed=0):
-    torch.manual_seed(seed)
-    model = diffusers.AutoencoderKL(**config).eval()
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+    model = randomize(diffusers.AutoencoderKL(**config).eval(), seed)
     path = tmp_path / "vae"
     model.save_pretrained(path)
     return model, str(path)
