@@ -123,7 +123,8 @@ class Upsample2D(nn.Module):
         return conv(self.out_channels, 3, self.dtype, "conv")(upsample_nearest(x, size))
 
 
-def multihead_attention(q: jax.Array, k: jax.Array, v: jax.Array, heads: int, upcast: bool = False) -> jax.Array:
+def multihead_attention(q: jax.Array, k: jax.Array, v: jax.Array, heads: int, upcast: bool = False,
+                        kv_mask: jax.Array | None = None) -> jax.Array:
     """softmax(q k^T / sqrt(d)) v over `heads` heads; (B, L, H*d) in and out.
 
     On GPU/TPU this is `jax.nn.dot_product_attention`, which picks fused kernels
@@ -131,6 +132,7 @@ def multihead_attention(q: jax.Array, k: jax.Array, v: jax.Array, heads: int, up
     heads-major batched matmuls are about 2x faster there than the generic path
     (benchmarks/unet_vs_diffusers.py), so the CPU uses those. `upcast` computes
     in float32 (diffusers' `upcast_attention`, needed by SD 2.1 in half precision).
+    `kv_mask` (B, Lk) bool excludes the keys where it is False.
     """
     out_dtype = q.dtype
     if upcast:
@@ -140,11 +142,14 @@ def multihead_attention(q: jax.Array, k: jax.Array, v: jax.Array, heads: int, up
         split = lambda a: a.reshape(b, a.shape[1], heads, dim // heads).transpose(0, 2, 1, 3)
         q, k, v = split(q), split(k), split(v)
         scores = jnp.matmul(q, jnp.swapaxes(k, -1, -2)) * (dim // heads) ** -0.5
+        if kv_mask is not None:
+            scores = jnp.where(kv_mask[:, None, None, :], scores, jnp.finfo(scores.dtype).min)
         weights = jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(v.dtype)
         out = jnp.matmul(weights, v).transpose(0, 2, 1, 3)
     else:
         split = lambda a: a.reshape(b, a.shape[1], heads, dim // heads)
-        out = jax.nn.dot_product_attention(split(q), split(k), split(v))
+        mask = None if kv_mask is None else kv_mask[:, None, None, :]
+        out = jax.nn.dot_product_attention(split(q), split(k), split(v), mask=mask)
     return out.reshape(b, lq, dim).astype(out_dtype)
 
 
@@ -162,11 +167,11 @@ class Attention(nn.Module):
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array, context: jax.Array | None = None) -> jax.Array:
+    def __call__(self, x: jax.Array, context: jax.Array | None = None, kv_mask: jax.Array | None = None) -> jax.Array:
         context = x if context is None else context
         inner = self.heads * self.dim_head
         q = nn.Dense(inner, use_bias=self.qkv_bias, dtype=self.dtype, name="to_q")(x)
         k = nn.Dense(inner, use_bias=self.qkv_bias, dtype=self.dtype, name="to_k")(context)
         v = nn.Dense(inner, use_bias=self.qkv_bias, dtype=self.dtype, name="to_v")(context)
-        out = multihead_attention(q, k, v, self.heads, self.upcast)
+        out = multihead_attention(q, k, v, self.heads, self.upcast, kv_mask)
         return nn.Dense(self.out_dim, dtype=self.dtype, name="to_out_0")(out)

@@ -52,7 +52,8 @@ class BasicTransformerBlock(nn.Module):
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array, context: jax.Array, extra_context: jax.Array | None = None) -> jax.Array:
+    def __call__(self, x: jax.Array, context: jax.Array, extra_context: jax.Array | None = None,
+                 extra_keep: jax.Array | None = None) -> jax.Array:
         attention = lambda name: Attention(
             self.heads, self.dim // self.heads, self.dim, upcast=self.upcast_attention, dtype=self.dtype, name=name
         )
@@ -60,8 +61,13 @@ class BasicTransformerBlock(nn.Module):
         # What anchor attention caches for the anchor frame (a no-op unless
         # the caller makes "intermediates" mutable).
         self.sow("intermediates", "self_attn_input", h)
-        kv = h if extra_context is None else jnp.concatenate([h, extra_context.astype(h.dtype)], axis=1)
-        x = x + attention("attn1")(h, kv)
+        kv, kv_mask = h, None
+        if extra_context is not None:
+            kv = jnp.concatenate([h, extra_context.astype(h.dtype)], axis=1)
+            if extra_keep is not None:  # per example: attend to the extra keys or not
+                kv_mask = jnp.concatenate([jnp.ones(h.shape[:2], bool),
+                                           jnp.broadcast_to(extra_keep[:, None], extra_context.shape[:2])], axis=1)
+        x = x + attention("attn1")(h, kv, kv_mask)
         x = x + attention("attn2")(layer_norm(self.dtype, "norm2")(x), context)
         return x + FeedForward(self.dim, dtype=self.dtype, name="ff")(layer_norm(self.dtype, "norm3")(x))
 
@@ -70,7 +76,8 @@ class Transformer2DModel(nn.Module):
     """GroupNorm, `proj_in` (1x1 conv or linear), transformer blocks, `proj_out`, residual.
 
     `extra_contexts`, if given, holds one (B, L', C) array per transformer
-    block, appended to that block's self-attention keys and values.
+    block, appended to that block's self-attention keys and values;
+    `extra_keep` (B,) bool switches them off per example.
     """
 
     heads: int
@@ -81,7 +88,7 @@ class Transformer2DModel(nn.Module):
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array, context: jax.Array, extra_contexts=None) -> jax.Array:
+    def __call__(self, x: jax.Array, context: jax.Array, extra_contexts=None, extra_keep=None) -> jax.Array:
         b, height, width, channels = x.shape
         h = group_norm(self.groups, 1e-6, self.dtype, "norm")(x)
         if self.use_linear_projection:
@@ -91,7 +98,7 @@ class Transformer2DModel(nn.Module):
         for i in range(self.num_layers):
             extra = None if extra_contexts is None else extra_contexts[i]
             block = BasicTransformerBlock(channels, self.heads, self.upcast_attention, self.dtype, name=f"transformer_blocks_{i}")
-            h = block(h, context, extra)
+            h = block(h, context, extra, extra_keep)
         if self.use_linear_projection:
             h = nn.Dense(channels, dtype=self.dtype, name="proj_out")(h).reshape(b, height, width, channels)
         else:

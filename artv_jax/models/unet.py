@@ -172,7 +172,7 @@ class CrossAttnDownBlock2D(nn.Module):
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x, temb, context, residual=None, extra_contexts=None):
+    def __call__(self, x, temb, context, residual=None, extra_contexts=None, extra_keep=None):
         cfg, i = self.cfg, self.index
         channels, has_attention = cfg.block_out_channels[i], cfg.down_block_types[i] == "CrossAttnDownBlock2D"
         resnet_cls = nn.remat(ResnetBlock2D) if self.remat else ResnetBlock2D
@@ -185,7 +185,7 @@ class CrossAttnDownBlock2D(nn.Module):
             if has_attention:
                 extra = None if extra_contexts is None else extra_contexts[j * n_tl:(j + 1) * n_tl]
                 x = transformer_cls(cfg.num_attention_heads[i], n_tl, cfg.norm_num_groups, cfg.use_linear_projection,
-                                    cfg.upcast_attention, self.dtype, name=f"attentions_{j}")(x, context, extra)
+                                    cfg.upcast_attention, self.dtype, name=f"attentions_{j}")(x, context, extra, extra_keep)
             if has_attention and residual is not None and j == cfg.layers_per_block[i] - 1:
                 x = x + residual
             skips.append(x)
@@ -209,7 +209,7 @@ class CrossAttnUpBlock2D(nn.Module):
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x, skips, temb, context, upsample_size=None, extra_contexts=None):
+    def __call__(self, x, skips, temb, context, upsample_size=None, extra_contexts=None, extra_keep=None):
         cfg, i = self.cfg, self.index
         n = len(cfg.block_out_channels)
         channels = cfg.block_out_channels[n - 1 - i]
@@ -225,7 +225,7 @@ class CrossAttnUpBlock2D(nn.Module):
             if has_attention:
                 extra = None if extra_contexts is None else extra_contexts[j * n_tl:(j + 1) * n_tl]
                 x = transformer_cls(heads, n_tl, cfg.norm_num_groups, cfg.use_linear_projection,
-                                    cfg.upcast_attention, self.dtype, name=f"attentions_{j}")(x, context, extra)
+                                    cfg.upcast_attention, self.dtype, name=f"attentions_{j}")(x, context, extra, extra_keep)
         if i < n - 1:
             x = Upsample2D(channels, self.dtype, name="upsamplers_0")(x, upsample_size)
         return x
@@ -239,7 +239,7 @@ class UNetMidBlock2DCrossAttn(nn.Module):
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x, temb, context, extra_contexts=None):
+    def __call__(self, x, temb, context, extra_contexts=None, extra_keep=None):
         cfg = self.cfg
         channels = cfg.block_out_channels[-1]
         resnet = lambda name: ResnetBlock2D(channels, cfg.norm_num_groups, cfg.norm_eps, cfg.mid_block_scale_factor,
@@ -247,7 +247,7 @@ class UNetMidBlock2DCrossAttn(nn.Module):
         x = resnet("resnets_0")(x, temb)
         x = Transformer2DModel(cfg.num_attention_heads[-1], cfg.transformer_layers_per_block[-1], cfg.norm_num_groups,
                                cfg.use_linear_projection, cfg.upcast_attention, self.dtype,
-                               name="attentions_0")(x, context, extra_contexts)
+                               name="attentions_0")(x, context, extra_contexts, extra_keep)
         return resnet("resnets_1")(x, temb)
 
 
@@ -283,6 +283,7 @@ class UNet2DConditionModel(nn.Module):
         encoder_hidden_states: jax.Array,
         adapter_features: Sequence[jax.Array] | None = None,
         anchor_contexts: Sequence[jax.Array] | None = None,
+        anchor_keep: jax.Array | None = None,
     ) -> jax.Array:
         """Predicts the UNet output for a batch.
 
@@ -295,6 +296,8 @@ class UNet2DConditionModel(nn.Module):
           anchor_contexts: optional list with one (B, L', C) array per
             transformer block in call order (`count_transformer_blocks`),
             appended to each self-attention's keys and values.
+          anchor_keep: optional (B,) bool; where False an example ignores its
+            anchor contexts (exactly, by masking those keys).
         """
         cfg = self.config
         n = len(cfg.block_out_channels)
@@ -324,16 +327,16 @@ class UNet2DConditionModel(nn.Module):
             if adapter_features is not None and i < len(adapter_features):
                 residual = adapter_features[i].astype(self.dtype)
             block = CrossAttnDownBlock2D(cfg, i, self.remat, self.dtype, name=f"down_blocks_{i}")
-            x, block_skips = block(x, temb, context, residual, contexts.pop(0))
+            x, block_skips = block(x, temb, context, residual, contexts.pop(0), anchor_keep)
             skips.extend(block_skips)
 
-        x = UNetMidBlock2DCrossAttn(cfg, self.remat, self.dtype, name="mid_block")(x, temb, context, contexts.pop(0))
+        x = UNetMidBlock2DCrossAttn(cfg, self.remat, self.dtype, name="mid_block")(x, temb, context, contexts.pop(0), anchor_keep)
 
         for i in range(n):
             block_skips = [skips.pop() for _ in range(cfg.layers_per_block[n - 1 - i] + 1)][::-1]
             size = skips[-1].shape[1:3] if (forward_size and i < n - 1) else None
             x = CrossAttnUpBlock2D(cfg, i, self.remat, self.dtype, name=f"up_blocks_{i}")(
-                x, block_skips, temb, context, size, contexts.pop(0))
+                x, block_skips, temb, context, size, contexts.pop(0), anchor_keep)
 
         x = nn.silu(group_norm(cfg.norm_num_groups, cfg.norm_eps, self.dtype, "conv_norm_out")(x))
         return conv(cfg.out_channels, cfg.conv_out_kernel, self.dtype, "conv_out")(x)

@@ -1,0 +1,320 @@
+"""The shapes-world scorer: exact renders read back perfectly, degraded ones nearly, wrong ones caught."""
+
+from __future__ import annotations
+
+import itertools
+import time
+
+import numpy as np
+import pytest
+
+from artv_jax.data import shapes
+from artv_jax.data import shapes_score as score
+
+ATTRIBUTES = ("background", "colour", "shape", "direction")
+
+
+def blur3(video: np.ndarray) -> np.ndarray:
+    """3x3 box blur of (..., S, S, 3) frames, edges replicated; float32."""
+    size = video.shape[-2]
+    pad = [(0, 0)] * (video.ndim - 3) + [(1, 1), (1, 1), (0, 0)]
+    p = np.pad(video.astype(np.float32), pad, mode="edge")
+    return sum(p[..., i:i + size, j:j + size, :] for i in range(3) for j in range(3)) / 9
+
+
+def degrade(video: np.ndarray, sigma: float, seed: int = 0) -> np.ndarray:
+    """What an imperfect generator might give: 3x3 blur, gaussian noise (uint8 units), back to uint8."""
+    noisy = blur3(video) + sigma * np.random.default_rng(seed).standard_normal(video.shape, np.float32)
+    return np.clip(np.round(noisy), 0, 255).astype(np.uint8)
+
+
+def split_examples(size: int, count: int, num_frames: int):
+    return [shapes.generate_example("test", k, size, num_frames) for k in range(count)]
+
+
+def assert_perfect(result: dict) -> None:
+    for key in ("background_accuracy", "colour_accuracy", "shape_accuracy", "direction_accuracy", "all_accuracy",
+                "one_object_fraction", "frame_accuracy"):
+        assert result[key] == 1.0, (key, result[key])
+    assert result["speed"] == pytest.approx(1.0, abs=1e-9)
+    assert result["speed_error"] < 1e-9 and result["area_error"] == 0.0 and result["colour_distance"] == 0.0
+
+
+
+# --------------------------------------------------------------------------
+# Captions and single frames.
+# --------------------------------------------------------------------------
+
+
+def test_parse_caption_inverts_caption():
+    for text in shapes.all_captions():
+        a = score.parse_caption(text)
+        assert shapes.caption(a["colour"], a["shape"], a["direction"], a["background"]) == text
+    for bad in ("a red square moving left on a black", "a purple square moving left on a black background",
+                "a red square moving left in a black background", "a red hexagon moving left on a black background"):
+        with pytest.raises(ValueError):
+            score.parse_caption(bad)
+
+
+@pytest.mark.parametrize("size", [32, 64])
+def test_read_frame_exact(size):
+    b = shapes.box_size(size)
+    for background, colour, shape in itertools.product(shapes.BACKGROUNDS, shapes.COLOURS, shapes.SHAPES):
+        x, y = 3, size - b - 5
+        frame = shapes.render_video(background, colour, shape, "right", x, y, size=size, num_frames=1)[0]
+        r = score.read_frame(frame)
+        mask = shapes.shape_mask(shape, b)
+        rows, cols = np.nonzero(mask)
+        assert (r["background"], r["colour"], r["shape"], r["num_objects"]) == (background, colour, shape, 1)
+        assert r["background_distance"] == 0.0 and r["colour_distance"] == 0.0
+        assert r["colour_rgb"] == shapes.COLOURS[colour]
+        assert r["area"] == mask.sum() and r["bbox"] == (x, y, x + b - 1, y + b - 1)
+        assert r["fill"] == pytest.approx(mask.sum() / b ** 2)
+        assert r["centroid"] == pytest.approx((x + cols.mean(), y + rows.mean()))
+        np.testing.assert_array_equal(r["object_mask"], (frame != shapes.BACKGROUNDS[background]).any(-1))
+
+
+def test_exact_shape_geometry():
+    g = score.geometry(32)
+    np.testing.assert_allclose(g["fill"], [1.0, 0.8, 0.6])  # square, circle (80 px), triangle (60 px)
+    np.testing.assert_allclose(g["balance"], [0.0, 0.0, 0.4 / 3])
+    g = score.geometry(64)
+    np.testing.assert_allclose(g["fill"], [1.0, 0.79, 0.55])
+    assert g["min_pixels"] == 16 and score.geometry(32)["min_pixels"] == 4
+
+
+def test_empty_frame():
+    frame = np.full((32, 32, 3), 128, np.uint8)
+    r = score.read_frame(frame)
+    assert r["background"] == "gray" and r["num_objects"] == 0 and r["area"] == 0
+    assert r["colour"] is r["shape"] is r["bbox"] is r["centroid"] is r["fill"] is None
+    assert not r["object_mask"].any()
+
+
+def test_two_objects_count_two_and_specks_are_ignored():
+    frame = shapes.render_video("black", "red", "square", "left", 2, 2, num_frames=1)[0]
+    frame[18:28, 18:28] = shapes.COLOURS["blue"]
+    r = score.read_frame(frame)
+    assert r["num_objects"] == 2 and r["area"] == 100  # both squares 100 px; the measured one is either
+    speck = shapes.render_video("white", "green", "circle", "up", 5, 5, num_frames=1)[0]
+    speck[28:30, 28] = shapes.COLOURS["green"]  # 2 pixels, below the 4-pixel speck size at S = 32
+    r = score.read_frame(speck)
+    assert r["num_objects"] == 1 and r["shape"] == "circle" and r["area"] == 80
+
+
+def test_upside_down_triangle_is_no_shape():
+    frame = shapes.render_video("black", "yellow", "triangle", "left", 10, 10, num_frames=1)[0]
+    assert score.read_frame(frame)["shape"] == "triangle"
+    assert score.read_frame(frame[::-1].copy())["shape"] is None
+
+
+# --------------------------------------------------------------------------
+# Exact renders: everything read back, exactly.
+# --------------------------------------------------------------------------
+
+
+def test_exact_test_split_scores_perfectly():
+    examples = split_examples(32, 300, 16)
+    videos = np.stack([ex["video"] for ex in examples])
+    result = score.score_batch(videos, examples)
+    assert_perfect(result)
+    assert result["position_error"] < 1e-9 and result["num_videos"] == 300
+    assert score.score_batch(videos, [ex["caption"] for ex in examples])["all_accuracy"] == 1.0
+
+
+@pytest.mark.parametrize("size", [32, 64])
+def test_all_combinations_with_early_bounces(size):
+    """144 captions x 4 starts on the motion axis: into the wall (bounces before its first move), one and two
+    pixels off it (bounce after one or two moves), and mid-canvas."""
+    b = shapes.box_size(size)
+    last = size - b
+    rng = np.random.default_rng(0)
+    videos, attrs, immediate = [], [], []
+    for background, colour, shape, direction in itertools.product(
+            shapes.BACKGROUNDS, shapes.COLOURS, shapes.SHAPES, shapes.DIRECTIONS):
+        dx, dy = shapes.VELOCITIES[direction]
+        for gap in (0, 1, 2, last // 2):
+            along = gap if (dx or dy) < 0 else last - gap  # `gap` pixels from the wall it moves towards
+            across = int(rng.integers(0, last + 1))
+            x, y = (along, across) if dx else (across, along)
+            a = dict(background=background, colour=colour, shape=shape, direction=direction, x=x, y=y)
+            videos.append(shapes.render_video(**a, size=size, num_frames=12))
+            attrs.append(a)
+            immediate.append(gap == 0)
+    result = score.score_batch(np.stack(videos), attrs)
+    assert_perfect(result)
+    assert result["position_error"] < 1e-9
+    # The immediate bounces read as moving away from the wall, with the caption's direction as the alternative.
+    for video, a, bounced in list(zip(videos, attrs, immediate))[::7]:
+        r = score.read_video(video)
+        assert a["direction"] in r["direction_options"]
+        assert len(r["direction_options"]) == (2 if bounced else 1), (a, r["direction_options"])
+
+
+def test_float_frames_need_a_range_and_read_like_uint8():
+    examples = split_examples(32, 24, 8)
+    videos = degrade(np.stack([ex["video"] for ex in examples]), sigma=10)
+    with pytest.raises(ValueError, match="value_range"):
+        score.score_batch(videos.astype(np.float32), examples)
+    as_uint8 = score.score_batch(videos, examples)
+    for value_range in ((-1, 1), (0, 1)):
+        lo, hi = value_range
+        floats = videos.astype(np.float32) / 255 * (hi - lo) + lo
+        as_float = score.score_batch(floats, examples, value_range=value_range)
+        for key, value in as_uint8.items():
+            assert as_float[key] == pytest.approx(value, abs=1e-3), key
+
+
+# --------------------------------------------------------------------------
+# Robustness: blur and noise a decent model would leave.
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size,count", [(32, 300), (64, 100)])
+def test_blur_and_noise(size, count):
+    """Measured on the first 300 test videos (both sizes): sigma 10 + blur -> every video right, every frame
+    right; sigma 20 + blur -> every video right, frame accuracy 0.963 (S = 32), 0.990 (S = 64)."""
+    examples = split_examples(size, count, 16)
+    videos = np.stack([ex["video"] for ex in examples])
+    clean = score.score_batch(blur3(videos).round().astype(np.uint8), examples)
+    assert clean["all_accuracy"] == 1.0 and clean["frame_accuracy"] == 1.0
+    r10 = score.score_batch(degrade(videos, 10), examples)
+    assert r10["all_accuracy"] == 1.0 and r10["one_object_fraction"] == 1.0
+    assert r10["frame_accuracy"] >= 0.99 and r10["speed_error"] < 0.03
+    r20 = score.score_batch(degrade(videos, 20), examples)
+    assert r20["all_accuracy"] >= 0.97 and r20["frame_accuracy"] >= 0.93 and r20["speed_error"] < 0.05
+
+
+# --------------------------------------------------------------------------
+# Wrong videos are caught, for exactly the attribute that is wrong.
+# --------------------------------------------------------------------------
+
+
+def _other(table, value, shift=1):
+    names = list(table)
+    return names[(names.index(value) + shift) % len(names)]
+
+
+OPPOSITE = {"left": "right", "right": "left", "up": "down", "down": "up"}
+TURN = {"left": "up", "right": "down", "up": "right", "down": "left"}
+
+
+def test_wrong_attribute_fails_alone():
+    last = 32 - shapes.box_size(32)
+    checked = 0
+    for k in range(40):
+        a = shapes.sample_attributes("test", k)
+        if not (2 <= a["x"] <= last - 2 and 2 <= a["y"] <= last - 2):
+            continue  # away from the walls, so no bounce makes a direction ambiguous
+        wrong = {"background": _other(shapes.BACKGROUNDS, a["background"]),
+                 "colour": _other(shapes.COLOURS, a["colour"]),
+                 "shape": _other(shapes.SHAPES, a["shape"])}
+        for key, value in wrong.items():
+            for shift in range(1, 3):
+                value = _other(shapes.BACKGROUNDS if key == "background" else
+                               shapes.COLOURS if key == "colour" else shapes.SHAPES, a[key], shift)
+                result = score.score_video(shapes.render_video(**{**a, key: value}, num_frames=8), a)
+                for attribute in ATTRIBUTES:
+                    assert result[f"{attribute}_ok"] is (attribute != key), (k, key, value, attribute)
+        for direction in (OPPOSITE[a["direction"]], TURN[a["direction"]]):
+            result = score.score_video(shapes.render_video(**{**a, "direction": direction}, num_frames=8), a)
+            assert result["read_direction"] == direction
+            for attribute in ATTRIBUTES:
+                assert result[f"{attribute}_ok"] is (attribute != "direction"), (k, direction, attribute)
+        checked += 1
+    assert checked >= 20
+
+
+def test_reversed_start_one_pixel_off_the_wall_is_not_excused():
+    # Moving right from x = 0 is what "left" from x = 0 renders (it bounces first): accepted.
+    at_wall = shapes.render_video("black", "red", "triangle", "right", 0, 9, num_frames=8)
+    assert score.score_video(at_wall, "a red triangle moving left on a black background")["direction_ok"]
+    # From x = 1, "left" would first move to x = 0: moving right is wrong.
+    off_wall = shapes.render_video("black", "red", "triangle", "right", 1, 9, num_frames=8)
+    assert not score.score_video(off_wall, "a red triangle moving left on a black background")["direction_ok"]
+    # Same under blur, which erodes the triangle's two-pixel corner columns at the wall.
+    assert score.score_video(blur3(at_wall).round().astype(np.uint8),
+                             "a red triangle moving left on a black background")["direction_ok"]
+
+
+def test_frozen_video():
+    a = shapes.sample_attributes("test", 5)
+    video = np.repeat(shapes.render_video(**a, num_frames=1), 16, axis=0)
+    result = score.score_video(video, a)
+    assert result["speed"] == 0.0 and result["speed_error"] == 1.0
+    assert result["read_direction"] is None and not result["direction_ok"]
+    assert result["background_ok"] and result["colour_ok"] and result["shape_ok"]
+    assert score.read_video(video)["direction"] is None
+
+
+def test_empty_video():
+    video = np.zeros((8, 32, 32, 3), np.uint8)
+    result = score.score_video(video, "a red square moving left on a black background")
+    assert result["background_ok"] and not (result["colour_ok"] or result["shape_ok"] or result["direction_ok"])
+    assert result["speed"] == 0.0 and result["one_object_fraction"] == 0.0 and result["frame_accuracy"] == 0.0
+    assert result["colour_distance"] == pytest.approx(np.linalg.norm(shapes.COLOURS["red"]), rel=1e-6)
+    r = score.read_video(video)
+    assert r["colour"] is None and r["shape"] is None and r["direction"] is None and r["speed"] == 0.0
+
+
+def test_two_object_video():
+    a = dict(background="white", colour="blue", shape="circle", direction="down", x=3, y=2)
+    video = shapes.render_video(**a, num_frames=8)
+    video[:, 22:28, 22:28] = shapes.COLOURS["green"]  # a second, still, smaller square
+    result = score.score_video(video, a)
+    assert result["one_object_fraction"] == 0.0 and result["frame_accuracy"] == 0.0
+    assert result["colour_ok"] and result["shape_ok"] and result["direction_ok"]  # the larger object is the caption's
+
+
+def test_fading_object_drifts():
+    """The object's colour fades linearly to the background over 64 frames: drift rises, accuracy falls."""
+    a = shapes.sample_attributes("test", 7)
+    video = shapes.render_video(**a, num_frames=64).astype(np.float32)
+    mask = (video != shapes.BACKGROUNDS[a["background"]]).any(-1)
+    fade = np.linspace(0.0, 1.0, 64)[:, None, None, None]
+    bg = np.array(shapes.BACKGROUNDS[a["background"]], np.float32)
+    video = np.where(mask[..., None], (1 - fade) * video + fade * bg, video).round().astype(np.uint8)
+    curve = score.drift_curve(video, a)
+    assert curve["colour_distance"][0] == 0.0 and curve["area_error"][0] == 0.0
+    assert (np.diff(curve["colour_distance"]) >= -1.0).all()  # rises (up to rounding)
+    assert curve["colour_distance"][-1] > 150 and curve["area_ratio"][-1] == 0.0
+    assert curve["frame_ok"][:10].all() and not curve["frame_ok"][-10:].any()
+    result = score.score_batch(np.stack([video] * 3), [a] * 3, drift_frames=(1, 16, 64), curves=True)
+    assert result["frame_accuracy@1"] == 1.0 and result["frame_accuracy@64"] == 0.0
+    assert result["colour_distance@1"] < result["colour_distance@16"] < result["colour_distance@64"]
+    assert result["curves"]["colour_distance"].shape == (64,)
+
+
+# --------------------------------------------------------------------------
+# Errors and speed.
+# --------------------------------------------------------------------------
+
+
+def test_clear_errors():
+    video = shapes.render_video("black", "red", "square", "left", 5, 5, num_frames=4)
+    with pytest.raises(ValueError, match="square canvas"):
+        score.read_frame(video[0, :, :20])
+    with pytest.raises(ValueError, match="one frame"):
+        score.read_frame(video)
+    with pytest.raises(ValueError, match="2 attribute sets"):
+        score.score_batch(video[None], ["a red square moving left on a black background"] * 2)
+    with pytest.raises(ValueError, match="unknown colour"):
+        score.score_video(video, dict(background="black", colour="pink", shape="square", direction="left"))
+    with pytest.raises(ValueError, match="lack 'direction'"):
+        score.score_video(video, dict(background="black", colour="red", shape="square"))
+    with pytest.raises(TypeError):
+        score.score_video(video, 3)
+
+
+def test_score_batch_is_fast():
+    examples = split_examples(32, 144, 64)
+    videos = np.stack([ex["video"] for ex in examples])
+    score.score_batch(videos[:2], examples[:2])  # warm caches
+    best = float("inf")
+    for _ in range(2):
+        start = time.perf_counter()
+        result = score.score_batch(videos, examples)
+        best = min(best, time.perf_counter() - start)
+    assert_perfect(result)
+    assert {"frame_accuracy@16", "frame_accuracy@64"} <= set(result) and "frame_accuracy@256" not in result
+    assert best < 2.0, f"score_batch took {best:.2f} s on 144 x 64 frames of 32 x 32"
