@@ -139,3 +139,20 @@ def describe(params: Any, rules: Rules, mesh: Mesh) -> str:
     if replicated_big:
         lines.append(f"replicated (>= 1 MiB, indivisible): {', '.join(replicated_big)}")
     return "\n".join(lines)
+
+
+def tree_shardings(tree: Any, rules: Rules, mesh: Mesh) -> Any:
+    """`NamedSharding`s for any pytree holding parameter-like leaves (a train state, optimizer moments).
+
+    A leaf's logical axes come from its last dict key (`kernel`, `bias`, ...),
+    as in `param_specs`; scalars (step counters) are replicated.
+    """
+
+    def one(path, x):
+        if not x.shape:
+            return NamedSharding(mesh, P())
+        name = next((str(k.key) for k in reversed(path) if isinstance(k, jax.tree_util.DictKey)), "")
+        logical = param_logical_axes((name,), len(x.shape))
+        return NamedSharding(mesh, logical_to_spec(logical, x.shape, rules, mesh))
+
+    return jax.tree_util.tree_map_with_path(one, tree)

@@ -175,3 +175,24 @@ class Attention(nn.Module):
         v = nn.Dense(inner, use_bias=self.qkv_bias, dtype=self.dtype, name="to_v")(context)
         out = multihead_attention(q, k, v, self.heads, self.upcast, kv_mask)
         return nn.Dense(self.out_dim, dtype=self.dtype, name="to_out_0")(out)
+
+
+def pixel_unshuffle(x: jax.Array, factor: int) -> jax.Array:
+    """(B, H*r, W*r, C) -> (B, H, W, C*r*r) with torch's `PixelUnshuffle` channel order (c*r*r + i*r + j)."""
+    if factor == 1:
+        return x
+    b, h, w, c = x.shape
+    if h % factor or w % factor:
+        raise ValueError(f"adapter input {h}x{w} is not divisible by downscale_factor {factor}.")
+    x = x.reshape(b, h // factor, factor, w // factor, factor, c)
+    return x.transpose(0, 1, 3, 5, 2, 4).reshape(b, h // factor, w // factor, c * factor * factor)
+
+
+def pixel_shuffle(x: jax.Array, factor: int) -> jax.Array:
+    """The inverse of `pixel_unshuffle`: (B, H, W, C*r*r) -> (B, H*r, W*r, C) (torch's `PixelShuffle`)."""
+    if factor == 1:
+        return x
+    b, h, w, crr = x.shape
+    c = crr // (factor * factor)
+    x = x.reshape(b, h, w, c, factor, factor)
+    return x.transpose(0, 1, 4, 2, 5, 3).reshape(b, h * factor, w * factor, c)

@@ -1,0 +1,170 @@
+"""Build every component a config names: the ART·V model, text encoder, tokenizer, autoencoder, schedule.
+
+Two sources, one interface:
+
+- `config.model.pretrained` set: a diffusers Stable Diffusion directory; the
+  UNet becomes ART·V (zero adapter, mask channel), and the VAE, CLIP text
+  encoder, tokenizer and noise schedule come from the same directory.
+- otherwise: a model trained from scratch as `config.model` describes it
+  (the shapes default: a tiny ART·V in pixel space with a word-level tokenizer
+  and a tiny CLIP-style text encoder).
+
+Parameters are one tree `{"artv": ..., "text": ..., "vae": ...}` ("vae" only
+in latent space). `Components.init(key)` is a pure function for scratch
+models, so the trainer can jit it with sharded outputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+from artv_jax.data import shapes
+from artv_jax.diffusion.schedule import NoiseSchedule
+from artv_jax.models import artv
+from artv_jax.models.clip_text import CLIPTextConfig, CLIPTextModel
+from artv_jax.models.layers import pixel_shuffle, pixel_unshuffle
+from artv_jax.models.unet import UNetConfig
+from artv_jax.models.vae import AutoencoderKL
+from artv_jax.tokenizers import WordTokenizer
+
+
+@dataclasses.dataclass(frozen=True)
+class PixelSpace:
+    """An exact (invertible) autoencoder: frames in [-1, 1] folded into `patch` x `patch` pixel patches.
+
+    With patch 2 a 32x32x3 frame is a 16x16x12 latent: the UNet and the
+    adapter work at half resolution (4x cheaper attention) and lose nothing.
+    """
+
+    patch: int = 1
+
+    @property
+    def channels(self) -> int:
+        return 3 * self.patch * self.patch
+
+    @property
+    def factor(self) -> int:
+        return self.patch
+
+    def encode(self, params, frames):
+        return pixel_unshuffle(frames, self.patch)
+
+    def decode(self, params, latents):
+        return pixel_shuffle(latents, self.patch)
+
+
+@dataclasses.dataclass(frozen=True)
+class VAELatents:
+    """SD's VAE: frames [-1, 1] <-> latents scaled by `scaling_factor` (posterior mean; no sampling)."""
+
+    vae: AutoencoderKL
+
+    @property
+    def channels(self) -> int:
+        return self.vae.config.latent_channels
+
+    @property
+    def factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    def _scale_shift(self):
+        return self.vae.config.scaling_factor, self.vae.config.shift_factor or 0.0
+
+    def encode(self, params, frames):
+        mean, _ = self.vae.apply({"params": params}, frames, method="encode")
+        scale, shift = self._scale_shift()
+        return (mean - shift) * scale
+
+    def decode(self, params, latents):
+        scale, shift = self._scale_shift()
+        return self.vae.apply({"params": params}, latents / scale + shift, method="decode")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Components:
+    """What the trainer, sampler, evaluator and exporter need, minus the parameters."""
+
+    model: artv.ArtV
+    schedule: NoiseSchedule
+    text_encoder: CLIPTextModel
+    tokenize: Callable[[str], Any]
+    autoencoder: PixelSpace | VAELatents
+    frame_size: int
+
+    @property
+    def latent_size(self) -> int:
+        return self.frame_size // self.autoencoder.factor
+
+    def encode_text(self, params, tokens):
+        """(B, L) ids -> (B, L, D) embeddings with the text encoder's params from the full tree."""
+        return self.text_encoder.apply({"params": params["text"]}, tokens)
+
+    def init(self, key) -> dict:
+        """Random parameters for a scratch model (jittable)."""
+        k1, k2 = jax.random.split(key)
+        size = self.latent_size
+        text = self.text_encoder.init(k2, jnp.zeros((1, self.text_encoder.config.max_position_embeddings), jnp.int32))
+        return {"artv": artv.init_params(self.model, k1, size, size, text_len=4), "text": text["params"]}
+
+
+def schedule_from_config(config) -> NoiseSchedule:
+    return NoiseSchedule.from_config(dict(config))
+
+
+def build(config, dtype=jnp.float32) -> tuple[Components, dict | None]:
+    """The components of a config, and the loaded parameters (None for scratch models: use `init`)."""
+    model_cfg = config.model
+    artv_cfg = artv.ArtVConfig(**dict(model_cfg.artv))
+    if model_cfg.get("pretrained"):
+        from artv_jax import pretrained
+
+        sd = pretrained.load_stable_diffusion(model_cfg.pretrained)
+        model, artv_params = artv.build_from_unet(sd.unet, sd.unet_params, artv_cfg, jax.random.PRNGKey(config.seed),
+                                                  dtype=dtype)
+        components = Components(
+            model=model.clone(remat=config.train.get("remat", False)),
+            schedule=NoiseSchedule.from_config(sd.scheduler_config),
+            text_encoder=sd.text_encoder.clone(dtype=dtype),
+            tokenize=_clip_tokenize(sd.tokenizer),
+            autoencoder=VAELatents(sd.vae.clone(dtype=dtype)),
+            frame_size=config.data.size,
+        )
+        return components, {"artv": artv_params, "text": sd.text_encoder_params, "vae": sd.vae_params}
+
+    if model_cfg.get("autoencoder", "pixels") != "pixels":
+        raise ValueError(f"scratch models run in pixel space; model.autoencoder={model_cfg.autoencoder!r}.")
+    autoencoder = PixelSpace(model_cfg.get("patch", 1))
+    tokenize = WordTokenizer(tuple(shapes.VOCABULARY), max_length=model_cfg.text.max_length)
+    text_config = CLIPTextConfig(
+        vocab_size=tokenize.vocab_size, hidden_size=model_cfg.text.hidden_size,
+        intermediate_size=4 * model_cfg.text.hidden_size, num_hidden_layers=model_cfg.text.num_layers,
+        num_attention_heads=model_cfg.text.num_heads, max_position_embeddings=model_cfg.text.max_length,
+        hidden_act="quick_gelu", eos_token_id=tokenize.eos_token_id)
+    unet = dict(model_cfg.unet)
+    n = len(unet["block_out_channels"])
+    unet_config = UNetConfig(
+        in_channels=autoencoder.channels, out_channels=autoencoder.channels + 1,
+        block_out_channels=tuple(unet["block_out_channels"]),
+        down_block_types=tuple(unet["down_block_types"]), up_block_types=tuple(unet["up_block_types"]),
+        layers_per_block=(unet["layers_per_block"],) * n, transformer_layers_per_block=(1,) * n,
+        num_attention_heads=(unet["num_heads"],) * n, cross_attention_dim=(model_cfg.text.hidden_size,) * n,
+        norm_num_groups=unet["norm_num_groups"])
+    components = Components(
+        model=artv.ArtV(unet_config, artv_cfg, dtype, remat=config.train.get("remat", False)),
+        schedule=schedule_from_config(config.schedule),
+        text_encoder=CLIPTextModel(text_config, dtype=dtype),
+        tokenize=tokenize,
+        autoencoder=autoencoder,
+        frame_size=config.data.size,
+    )
+    return components, None
+
+
+def _clip_tokenize(tokenizer):
+    from artv_jax.tokenizers import CLIPTokenize
+
+    return CLIPTokenize(tokenizer, tokenizer.model_max_length)

@@ -1,0 +1,80 @@
+"""Text (and optional first frames) -> uint8 videos, for any built `Components` and parameters.
+
+The one place that turns prompts into embeddings, runs the autoregressive
+sampler and decodes latents to pixels; training (end-of-run samples),
+evaluation and the sampling CLI all call `generate`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from artv_jax.components import Components
+from artv_jax.data.pipeline import to_model_range
+from artv_jax.diffusion import sampling
+from artv_jax.video_io import to_uint8
+
+
+def make_sampler(components: Components, sample_config) -> sampling.Sampler:
+    """A `Sampler` from a config's `sample` section (num_steps, eta, guidance, ref_level, chunk_size)."""
+    return sampling.Sampler(components.model, components.schedule, sampling.SamplerConfig(
+        num_steps=sample_config.num_steps, eta=sample_config.eta, text_guidance=sample_config.text_guidance,
+        ref_guidance=sample_config.ref_guidance, ref_level=sample_config.ref_level,
+        chunk_size=sample_config.chunk_size))
+
+
+def embed(components: Components, params: dict, prompts: Sequence[str]) -> jax.Array:
+    """(B, L, D) text embeddings of a batch of prompts."""
+    tokens = np.stack([components.tokenize(p) for p in prompts])
+    return components.encode_text(params, jnp.asarray(tokens))
+
+
+def generate(components: Components, params: dict, sampler: sampling.Sampler, prompts: Sequence[str] | Sequence[
+        Sequence[str]], num_frames: int, key: jax.Array, *, first_frames: np.ndarray | None = None,
+             progress: bool = False) -> np.ndarray:
+    """Generates a batch of videos; returns uint8 (B, N, H, W, 3).
+
+    Args:
+      prompts: B prompts (one per video, held for all frames), or a per-frame
+        schedule: N lists of B prompts.
+      num_frames: N, the video length (given frames included).
+      first_frames: optional uint8 (B, F, H, W, 3): F = 1 for image-to-video,
+        F > 1 to continue those videos.
+    """
+    if num_frames <= 0:
+        raise ValueError(f"num_frames must be positive, got {num_frames}.")
+    per_frame = isinstance(prompts[0], (list, tuple))
+    if per_frame:
+        if len(prompts) != num_frames:
+            raise ValueError(f"a per-frame prompt schedule needs {num_frames} entries, got {len(prompts)}.")
+        unique = sorted({p for frame in prompts for p in frame})
+        table = dict(zip(unique, embed(components, params, unique)))
+        texts = jnp.stack([jnp.stack([table[p] for p in frame]) for frame in prompts])
+    else:
+        emb = embed(components, params, prompts)
+        texts = jnp.broadcast_to(emb[None], (num_frames, *emb.shape))
+    batch = texts.shape[1]
+    uncond = jnp.broadcast_to(embed(components, params, [""]), (batch, *texts.shape[2:]))
+    size = components.latent_size
+    latent_shape = (batch, size, size, components.autoencoder.channels)
+    encoded = None
+    if first_frames is not None:
+        first_frames = np.asarray(first_frames)
+        want = (batch, components.frame_size, components.frame_size, 3)
+        if first_frames.ndim != 5 or (first_frames.shape[0], *first_frames.shape[2:]) != want:
+            raise ValueError(f"first frames must be uint8 (B={batch}, F, {want[1]}, {want[2]}, 3), "
+                             f"got {first_frames.shape}.")
+        frames = to_model_range(jnp.asarray(first_frames.transpose(1, 0, 2, 3, 4)))
+        encoded = jnp.stack([components.autoencoder.encode(params.get("vae"), f) for f in frames])
+    latents = sampling.sample_video(sampler, params["artv"], key, texts, uncond, first_frames=encoded,
+                                    latent_shape=latent_shape, progress=progress)
+    decode = jax.jit(components.autoencoder.decode)
+    pixels = np.stack([np.asarray(decode(params.get("vae"), z)) for z in latents])  # (N, B, H, W, 3), one frame at a time
+    videos = to_uint8(pixels).transpose(1, 0, 2, 3, 4)
+    if first_frames is not None:  # given frames are returned as given, not re-decoded
+        videos[:, :first_frames.shape[1]] = first_frames
+    return videos

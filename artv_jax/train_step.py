@@ -1,0 +1,171 @@
+"""The masked-diffusion training step: state, optimizer, loss, EMA; pure and jittable.
+
+    state = TrainState.create(trainable, tx, step=0)
+    step = make_train_step(components, config, frozen_paths)
+    state, metrics = step(state, frozen, batch, key)
+
+Parameters are split by path into a trainable tree (in the state, updated by
+AdamW, with an EMA) and a frozen tree (the VAE, and whatever the config does
+not train), merged again inside the step. A non-finite loss or gradient never
+reaches the parameters: that update is skipped and `metrics["nonfinite"]`
+counts it, so the host can stop loudly while every checkpoint stays good.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+from flax import traverse_util
+
+from artv_jax.components import Components
+from artv_jax.data.pipeline import to_model_range
+from artv_jax.diffusion import masked
+from artv_jax.models.artv import anchor_contexts
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything that changes during training (and is checkpointed)."""
+
+    step: jax.Array
+    params: Any  # the trainable parameters
+    opt_state: Any
+    ema_params: Any
+    nonfinite: jax.Array  # updates skipped because the loss or a gradient was not finite
+
+    @classmethod
+    def create(cls, params, tx: optax.GradientTransformation) -> "TrainState":
+        return cls(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                   ema_params=jax.tree.map(jnp.copy, params), nonfinite=jnp.zeros((), jnp.int32))
+
+
+def split_params(params: dict, trainable: tuple[str, ...]) -> tuple[dict, dict]:
+    """(trainable, frozen) by '/'-joined path prefixes such as "artv/adapter" or "text"."""
+    flat = traverse_util.flatten_dict(params, sep="/")
+    unknown = [p for p in trainable if not any(k == p or k.startswith(p + "/") for k in flat)]
+    if unknown:
+        raise ValueError(f"train.trainable names {unknown}, which match no parameter; top-level groups: "
+                         f"{sorted({k.split('/')[0] + '/' + k.split('/')[1] for k in flat})}.")
+    is_trainable = lambda k: any(k == p or k.startswith(p + "/") for p in trainable)
+    train = {k: v for k, v in flat.items() if is_trainable(k)}
+    frozen = {k: v for k, v in flat.items() if not is_trainable(k)}
+    return traverse_util.unflatten_dict(train, sep="/"), traverse_util.unflatten_dict(frozen, sep="/")
+
+
+def merge_params(trainable: dict, frozen: dict) -> dict:
+    """The inverse of `split_params`."""
+    flat = {**traverse_util.flatten_dict(frozen, sep="/"), **traverse_util.flatten_dict(trainable, sep="/")}
+    return traverse_util.unflatten_dict(flat, sep="/")
+
+
+def make_optimizer(config) -> optax.GradientTransformation:
+    """AdamW with linear warm-up then cosine decay, and global-norm gradient clipping."""
+    t = config.train
+    schedule = optax.warmup_cosine_decay_schedule(
+        init_value=0.0, peak_value=t.learning_rate, warmup_steps=t.warmup_steps,
+        decay_steps=max(t.num_steps, t.warmup_steps + 1), end_value=t.learning_rate * t.get("final_lr_fraction", 0.1))
+    return optax.chain(
+        optax.clip_by_global_norm(t.grad_clip),
+        optax.adamw(schedule, b1=0.9, b2=t.get("adam_b2", 0.999), weight_decay=t.weight_decay),
+    )
+
+
+def latents_of(components: Components, params: dict, frames_uint8) -> jax.Array:
+    """uint8 frames (B, H, W, 3) -> latents (B, h, w, C), without gradient into the autoencoder."""
+    frames = to_model_range(frames_uint8)
+    return jax.lax.stop_gradient(components.autoencoder.encode(params.get("vae"), frames))
+
+
+def loss_fn(components: Components, config, params: dict, batch: dict, key: jax.Array):
+    """The masked-diffusion loss of one (micro)batch and its metrics.
+
+    batch: target (B, H, W, 3), refs (B, R, H, W, 3), anchor (B, H, W, 3) uint8;
+    tokens (B, L) int32.
+    """
+    obj = config.objective
+    model, schedule = components.model, components.schedule
+    b = batch["target"].shape[0]
+    r = batch["refs"].shape[1]
+    x0 = latents_of(components, params, batch["target"])
+    refs_list = [latents_of(components, params, batch["refs"][:, i]) for i in range(r)]
+    refs = jnp.concatenate(refs_list, axis=-1)
+    x_ref = refs_list[-1]
+    anchor = latents_of(components, params, batch["anchor"])
+    if not config.model.get("use_anchor", True):  # ablation: no anchored conditioning
+        anchor = jnp.zeros_like(anchor)
+
+    k_t, k_noise, k_aug, k_drop = jax.random.split(key, 4)
+    text = components.encode_text(params, batch["tokens"])
+    empty = components.encode_text(params, jnp.asarray(components.tokenize(""))[None])[0]
+    drop_text, drop_ref = masked.drop_conditioning(k_drop, obj.p_text, obj.p_ref, b)
+    text = masked.apply_text_drop(text, empty, drop_text)
+
+    t = jax.random.randint(k_t, (b,), 0, schedule.num_train_timesteps)
+    noise = jax.random.normal(k_noise, x0.shape, jnp.float32)
+    x_t = schedule.add_noise(x0, noise, t)
+    if obj.s_max > 0:
+        refs_in, level = masked.augment_references(schedule, k_aug, refs, obj.s_max)
+    else:  # ablation: no noise augmentation
+        refs_in, level = refs, jnp.zeros((b,), jnp.float32)
+
+    ctx = None
+    if model.config.anchor_attention:
+        ctx = anchor_contexts(model, params["artv"], anchor, text)
+    pred, mask_logits = model.apply({"params": params["artv"]}, x_t, t, text, refs_in, anchor, level,
+                                    drop_refs=drop_ref, anchor_contexts=ctx, anchor_keep=~drop_ref)
+    mask = masked.mask_from_logits(mask_logits)
+    if not config.model.get("use_mask", True):  # ablation: no mask head, m = 1
+        mask = jnp.ones_like(mask)
+    mask = masked.apply_ref_drop(mask, drop_ref)
+    target = schedule.training_target(x0, noise, t)
+    return masked.masked_loss(schedule, pred, mask, x_t, t, x_ref, target)
+
+
+def make_train_step(components: Components, config, tx: optax.GradientTransformation):
+    """The step function (not yet jitted): (state, frozen, batch, key) -> (state, metrics)."""
+    accum = config.train.get("grad_accum", 1)
+    ema_decay = config.train.ema_decay
+
+    def grads_of(trainable, frozen, batch, key):
+        loss_of = lambda p: loss_fn(components, config, merge_params(p, frozen), batch, key)
+        return jax.value_and_grad(loss_of, has_aux=True)(trainable)
+
+    def step(state: TrainState, frozen: dict, batch: dict, key: jax.Array):
+        key = jax.random.fold_in(key, state.step)
+        if accum == 1:
+            (loss, metrics), grads = grads_of(state.params, frozen, batch, key)
+        else:
+            micro = jax.tree.map(lambda x: x.reshape(accum, x.shape[0] // accum, *x.shape[1:]), batch)
+
+            def body(carry, xs):
+                i, mb = xs
+                out = grads_of(state.params, frozen, mb, jax.random.fold_in(key, i))
+                return jax.tree.map(jnp.add, carry, out), None
+
+            first = jax.tree.map(lambda x: x[0], micro)
+            zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
+                                 jax.eval_shape(grads_of, state.params, frozen, first, key))
+            ((loss, metrics), grads), _ = jax.lax.scan(body, zeros, (jnp.arange(accum), micro))
+            loss, metrics, grads = jax.tree.map(lambda x: x / accum, (loss, metrics, grads))
+
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, state.ema_params, params)
+        finite = jnp.isfinite(loss) & jnp.all(jnp.array([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+        new_state = TrainState(
+            step=state.step + 1,
+            params=keep(params, state.params),
+            opt_state=keep(opt_state, state.opt_state),
+            ema_params=keep(ema, state.ema_params),
+            nonfinite=state.nonfinite + (~finite).astype(jnp.int32),
+        )
+        metrics = {**metrics, "grad_norm": optax.global_norm(grads), "nonfinite": new_state.nonfinite,
+                   "loss": loss}
+        return new_state, metrics
+
+    return step

@@ -1,0 +1,110 @@
+"""Seconds per frame and peak memory of the autoregressive sampler: lax.scan chunks against a Python loop.
+
+    python benchmarks/sampler.py [--frames 16 64] [--models shapes sd_small]
+
+Each (model, mode, frames) runs in its own process, so its peak resident
+memory (ru_maxrss; on CPU the device memory is host memory) is its own.
+`scan` is `sampling.sample_video` (chunks of 8 frames, one compiled program);
+`loop` calls a jitted per-frame step from a Python loop. Seconds per frame
+exclude compilation (a warm-up video of one chunk runs first).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+MODELS = {
+    # The shapes default (configs/shapes.py): 32x32 frames as 16x16x12 patches, 25 DDIM steps.
+    "shapes": dict(channels=(64, 96, 128), down=("CrossAttnDownBlock2D",) * 3, up=("CrossAttnUpBlock2D",) * 3,
+                   heads=4, groups=16, text_dim=64, in_channels=12, size=16, steps=25),
+    # A small SD-like latent model: 4 levels, 16x16 latents (128px images), 10 DDIM steps.
+    "sd_small": dict(channels=(64, 128, 256, 256), down=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+                     up=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3, heads=8, groups=32, text_dim=256,
+                     in_channels=4, size=16, steps=10),
+}
+
+
+def child(model_name: str, mode: str, frames: int) -> dict:
+    import jax
+    import jax.numpy as jnp
+
+    from artv_jax.diffusion import sampling
+    from artv_jax.diffusion.schedule import NoiseSchedule
+    from artv_jax.models import artv
+    from artv_jax.models.unet import UNetConfig
+
+    m = MODELS[model_name]
+    n = len(m["channels"])
+    unet = UNetConfig(in_channels=m["in_channels"], out_channels=m["in_channels"] + 1, block_out_channels=m["channels"],
+                      down_block_types=m["down"], up_block_types=m["up"], layers_per_block=(1,) * n,
+                      transformer_layers_per_block=(1,) * n, num_attention_heads=(m["heads"],) * n,
+                      cross_attention_dim=(m["text_dim"],) * n, norm_num_groups=m["groups"])
+    model = artv.ArtV(unet, artv.ArtVConfig())
+    params = artv.init_params(model, jax.random.PRNGKey(0), m["size"], m["size"])
+    schedule = NoiseSchedule.from_config(dict(beta_schedule="linear", clip_sample=False))
+    sampler = sampling.Sampler(model, schedule, sampling.SamplerConfig(num_steps=m["steps"], chunk_size=8))
+    key = jax.random.PRNGKey(1)
+    text = jax.random.normal(key, (1, 8, m["text_dim"]))
+    uncond = jnp.zeros_like(text)
+    shape = (1, m["size"], m["size"], m["in_channels"])
+    first = jax.random.normal(key, (1, *shape))
+
+    if mode == "scan":
+        run = lambda n: sampling.sample_video(sampler, params, key, jnp.broadcast_to(text, (n, *text.shape)), uncond,
+                                              first_frames=first, progress=False)
+    else:
+        step = jax.jit(lambda p, s, c: sampler.frame_step(p, key, uncond, None, s, c))
+
+        def run(n):
+            state = sampling.initial_state(sampler, first)
+            out = [first[0]]
+            for _ in range(n - 1):
+                state, frame = step(params, state, text)
+                out.append(jax.device_get(frame))
+            return out
+
+    jax.block_until_ready(run(9))  # compile (one chunk) outside the timing
+    start = time.perf_counter()
+    jax.block_until_ready(run(frames))
+    seconds = time.perf_counter() - start
+    return {"model": model_name, "mode": mode, "frames": frames, "s_per_frame": seconds / (frames - 1),
+            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--frames", type=int, nargs="+", default=[16, 64])
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(child(args.child[0], args.child[1], int(args.child[2]))))
+        return
+    rows = []
+    for model in args.models:
+        for mode in ("scan", "loop"):
+            for frames in args.frames:
+                out = subprocess.run([sys.executable, __file__, "--child", model, mode, str(frames)],
+                                     capture_output=True, text=True)
+                if out.returncode:
+                    sys.exit(f"{model} {mode} {frames} failed:\n{out.stderr[-3000:]}")
+                rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+                r = rows[-1]
+                print(f"{r['model']:9s} {r['mode']:5s} {r['frames']:4d} frames  {r['s_per_frame']:.3f} s/frame  "
+                      f"peak {r['peak_rss_mib']:.0f} MiB", flush=True)
+    for model in args.models:
+        for mode in ("scan", "loop"):
+            peaks = {r["frames"]: r["peak_rss_mib"] for r in rows if r["model"] == model and r["mode"] == mode}
+            if len(peaks) > 1:
+                lo, hi = min(peaks), max(peaks)
+                print(f"{model} {mode}: peak memory at {hi} frames / at {lo} frames = {peaks[hi] / peaks[lo]:.3f}")
+    print(json.dumps(rows))
+
+
+if __name__ == "__main__":
+    main()
