@@ -13,17 +13,19 @@ describes itself for sampling and export).
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
 
+from artv_jax import storage
+
 ITEMS = ("state", "data", "config")
 
 
 def checkpoint_dir(workdir: str) -> str:
-    return os.path.join(os.path.abspath(workdir), "checkpoints")
+    """`<workdir>/checkpoints`; the workdir may be local or a URL (gs://...)."""
+    return storage.join(storage.resolve(workdir), "checkpoints")
 
 
 def make_manager(workdir: str, every: int, max_to_keep: int, async_save: bool = True) -> ocp.CheckpointManager:
@@ -63,37 +65,77 @@ def restore(manager: ocp.CheckpointManager, abstract_state: Any, step: int | Non
 
 def read_config(path: str) -> tuple[dict, int]:
     """(config dict, step) of a checkpoint: a workdir (latest step), its `checkpoints/` dir, or a step dir."""
-    path = os.path.abspath(path)
-    candidates = [path, os.path.join(path, "checkpoints")]
-    for directory in candidates:
-        if os.path.isfile(os.path.join(directory, "config", "metadata")) or os.path.isdir(os.path.join(directory, "config")):
+    path = storage.resolve(path)
+    for directory in (path, storage.join(path, "checkpoints")):
+        if storage.is_dir(storage.join(directory, "config")):
             step_dir = directory
             break
         steps = _steps(directory)
         if steps:
-            step_dir = os.path.join(directory, str(max(steps)))
+            step_dir = storage.join(directory, str(max(steps)))
             break
     else:
         raise FileNotFoundError(f"no checkpoint found at {path!r} (expected a workdir with checkpoints/<step>/).")
-    config_file = _find_json(os.path.join(step_dir, "config"))
-    with open(config_file) as f:
-        return json.load(f), int(os.path.basename(step_dir))
+    config_file = _find_json(storage.join(step_dir, "config"))
+    return json.loads(storage.read_text(config_file)), int(step_dir.rstrip("/").rsplit("/", 1)[-1])
+
+
+def locate(path: str, step: int | None = None) -> tuple[str, int | None]:
+    """(workdir, step) for a workdir, its `checkpoints/` directory or one step's directory `.../checkpoints/<N>`."""
+    path = storage.resolve(path)
+    head, _, last = path.rpartition("/")
+    if last.isdigit() and head.endswith("/checkpoints") and storage.is_dir(storage.join(path, "config")):
+        if step is not None and step != int(last):
+            raise ValueError(f"{path!r} is the checkpoint of step {last}, but step {step} was asked for.")
+        return head[: -len("/checkpoints")], int(last)
+    if last == "checkpoints":
+        return head, step
+    return path, step
 
 
 def _steps(directory: str) -> list[int]:
-    if not os.path.isdir(directory):
-        return []
-    return [int(d) for d in os.listdir(directory) if d.isdigit() and os.path.isdir(os.path.join(directory, d))]
+    """The finalised step directories (orbax writes `<step>.orbax-checkpoint-tmp-*` first, then renames)."""
+    return [int(d) for d in storage.list_dir(directory) if d.isdigit() and storage.is_dir(storage.join(directory, d))]
 
 
 def _find_json(item_dir: str) -> str:
-    for name in sorted(os.listdir(item_dir)) if os.path.isdir(item_dir) else []:
-        full = os.path.join(item_dir, name)
-        if os.path.isfile(full) and not name.startswith("_"):
+    for name in storage.list_dir(item_dir):
+        full = storage.join(item_dir, name)
+        if not name.startswith("_") and not storage.is_dir(full):
             try:
-                with open(full) as f:
-                    json.load(f)
+                json.loads(storage.read_text(full))
                 return full
             except (ValueError, UnicodeDecodeError):
                 continue
     raise FileNotFoundError(f"no JSON config in {item_dir!r}.")
+
+
+def load_numpy(workdir: str, step: int | None = None, items: tuple[str, ...] = ("params", "ema_params", "step")) -> dict:
+    """The saved `TrainState` fields `items` as host NumPy trees, on any device count.
+
+    For sampling, export and tests: no abstract state and no mesh are needed
+    (the checkpoint may come from a pod). Returns `{item: tree}` plus
+    `"checkpoint_step"`.
+    """
+    import numpy as np
+
+    directory = checkpoint_dir(workdir)
+    steps = _steps(directory)
+    if not steps:
+        raise FileNotFoundError(f"no checkpoint in {directory!r}.")
+    step = max(steps) if step is None else step
+    if step not in steps:
+        raise FileNotFoundError(f"no checkpoint for step {step} in {directory!r}; there are {sorted(steps)}.")
+    handlers = {"state": ocp.PyTreeCheckpointHandler(), "data": ocp.JsonCheckpointHandler(),
+                "config": ocp.JsonCheckpointHandler()}
+    with ocp.CheckpointManager(directory, item_handlers=handlers) as manager:
+        metadata = manager.item_metadata(step)["state"]
+        tree = getattr(metadata, "tree", metadata)
+        missing = [k for k in items if k not in tree]
+        if missing:
+            raise KeyError(f"checkpoint step {step} has no {missing}; it holds {sorted(tree)}.")
+        wanted = {k: tree[k] for k in items}
+        restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), wanted)
+        out = manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.PyTreeRestore(item=wanted, restore_args=restore_args, partial_restore=True)))
+    return {**{k: out["state"][k] for k in items}, "checkpoint_step": step}

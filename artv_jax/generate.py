@@ -19,12 +19,29 @@ from artv_jax.diffusion import sampling
 from artv_jax.video_io import to_uint8
 
 
-def make_sampler(components: Components, sample_config) -> sampling.Sampler:
-    """A `Sampler` from a config's `sample` section (num_steps, eta, guidance, ref_level, chunk_size)."""
+def make_sampler(components: Components, sample_config, model_config=None) -> sampling.Sampler:
+    """A `Sampler` from a config's `sample` section (num_steps, eta, guidance, ref_level, chunk_size).
+
+    `model_config` (the config's `model` section) carries the ablation
+    switches `use_mask` / `use_anchor`, which sampling must follow as training did.
+    """
+    model_config = model_config or {}
     return sampling.Sampler(components.model, components.schedule, sampling.SamplerConfig(
         num_steps=sample_config.num_steps, eta=sample_config.eta, text_guidance=sample_config.text_guidance,
         ref_guidance=sample_config.ref_guidance, ref_level=sample_config.ref_level,
-        chunk_size=sample_config.chunk_size))
+        chunk_size=sample_config.chunk_size, use_mask=bool(model_config.get("use_mask", True)),
+        use_anchor=bool(model_config.get("use_anchor", True))))
+
+
+def sampler_from_config(components: Components, config, *, guidance: float | None = None,
+                        steps: int | None = None) -> sampling.Sampler:
+    """`make_sampler` for a run's config, with the text guidance and DDIM steps optionally overridden."""
+    s = config.sample.copy_and_resolve_references()
+    if guidance is not None:
+        s.text_guidance = guidance
+    if steps is not None:
+        s.num_steps = steps
+    return make_sampler(components, s, config.model)
 
 
 def embed(components: Components, params: dict, prompts: Sequence[str]) -> jax.Array:

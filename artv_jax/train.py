@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from artv_jax import checkpoint, components as components_lib, sharding
+from artv_jax import checkpoint, components as components_lib, sharding, storage
 from artv_jax import train_step as ts
 from artv_jax.data import pipeline, shapes
 
@@ -46,13 +46,12 @@ class MetricWriter:
         self.events = None
         if not self.enabled:
             return
-        os.makedirs(workdir, exist_ok=True)
-        self.file = open(os.path.join(workdir, "metrics.jsonl"), "a")
+        self.file = storage.AppendLog(storage.join(workdir, "metrics.jsonl"))
         try:  # the pure-Python event writer of the tensorboard package; no TensorFlow needed
             from tensorboard.compat.proto import event_pb2, summary_pb2
             from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
-            self.events = EventFileWriter(os.path.join(workdir, "tensorboard"))
+            self.events = EventFileWriter(storage.join(workdir, "tensorboard"))
             self._pb = (event_pb2, summary_pb2)
         except ImportError:
             log.info("tensorboard not installed: metrics go to metrics.jsonl only.")
@@ -60,8 +59,7 @@ class MetricWriter:
     def write(self, step: int, metrics: dict) -> None:
         if not self.enabled:
             return
-        self.file.write(json.dumps({"step": step, **metrics}) + "\n")
-        self.file.flush()
+        self.file.write_line(json.dumps({"step": step, **metrics}))
         if self.events is not None:
             event_pb2, summary_pb2 = self._pb
             values = [summary_pb2.Summary.Value(tag=k, simple_value=float(v)) for k, v in metrics.items()]
@@ -80,18 +78,37 @@ def make_source(config, process_index=None, process_count=None) -> pipeline.Host
                                process_index=process_index, process_count=process_count)
 
 
+DEFAULT_COMPILATION_CACHE = "~/.cache/artv_jax/xla"
+
+
+def enable_compilation_cache(path: str) -> None:
+    """JAX's persistent compilation cache: a resumed or repeated run skips the (minutes-long on CPU) compile.
+
+    An empty path leaves JAX's setting alone.
+    """
+    if path and not jax.config.jax_compilation_cache_dir:
+        jax.config.update("jax_compilation_cache_dir", os.path.expanduser(path))
+
+
+def make_iterator(config, comps, process_index=None, process_count=None) -> pipeline.TupleIterator:
+    """This host's resumable iterator of `global_batch // process_count` training tuples."""
+    return pipeline.TupleIterator(
+        make_source(config, process_index, process_count), global_batch=config.train.global_batch,
+        tokenize=comps.tokenize, num_ref_frames=comps.model.config.num_ref_frames,
+        stride_range=tuple(config.data.stride_range), seed=config.seed)
+
+
 def train_and_evaluate(config, workdir: str) -> dict:
     """Trains for `config.train.num_steps` steps (resuming from `workdir`), then samples and evaluates.
 
     Returns the final metrics (and the shapes-world scores for the shapes data).
     """
-    workdir = os.path.abspath(workdir)
+    workdir = storage.resolve(workdir)  # local: absolute; gs://...: as given
     t_cfg = config.train
+    enable_compilation_cache(config.get("compilation_cache", DEFAULT_COMPILATION_CACHE))
     is_main = jax.process_index() == 0
     if is_main:
-        os.makedirs(workdir, exist_ok=True)
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=2))
+        storage.write_text(storage.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
 
     # --- Mesh: ('data', 'fsdp'); -1 takes the remaining devices.
     mesh = sharding.make_mesh(tuple(config.mesh.shape))
@@ -129,10 +146,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         log.info(sharding.describe(all_shapes, rules, mesh))
 
     # --- Input: this host's slice, seeded, resumable.
-    iterator = pipeline.TupleIterator(
-        make_source(config), global_batch=t_cfg.global_batch, tokenize=comps.tokenize,
-        num_ref_frames=comps.model.config.num_ref_frames, stride_range=tuple(config.data.stride_range),
-        seed=config.seed)
+    iterator = make_iterator(config, comps)
 
     # --- Checkpoints: resume if there is one.
     ckpt = config.checkpoint
@@ -166,6 +180,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     progress = _progress(start_step, t_cfg.num_steps, enabled=is_main and config.get("progress", True))
     last_log, last_log_step = time.time(), start_step
     step = start_step
+    t_train = time.time()
     try:
         for step in range(start_step + 1, t_cfg.num_steps + 1):
             host_batch = next(iterator)
@@ -196,22 +211,21 @@ def train_and_evaluate(config, workdir: str) -> dict:
                 checkpoint.save(manager, step, state, iterator.get_state(), config_dict, force=True)
                 manager.wait_until_finished()
                 log.info("preempted: saved step %d and stopped.", step)
-                return {"preempted_at": step}
-    finally:
+                return {"preempted_at": step, "start_step": start_step}
+    finally:  # on errors too: a save in flight completes, so the last good checkpoint is whole
         progress.close()
         iterator.close()
         stop.restore()
-    manager.wait_until_finished()
+        manager.wait_until_finished()
 
     # --- End of run: samples from the EMA weights, and the shapes-world scores.
-    results = {"step": step}
+    results = {"step": step, "start_step": start_step, "train_seconds": round(time.time() - t_train, 1)}
     params = host_ema_params(state, frozen)  # every process takes part in the gather
-    if is_main:
+    if is_main and config.sample.get("at_end", True):
         _write_samples(comps, params, config, workdir, sample_key, "final")
         if config.data.name == "shapes" and config.eval.num_videos > 0:
             results.update(evaluate_shapes(comps, params, config, sample_key))
-            with open(os.path.join(workdir, "eval.json"), "w") as f:
-                json.dump(results, f, indent=2)
+            storage.write_text(storage.join(workdir, "eval.json"), json.dumps(results, indent=2))
             log.info("shapes-world scores: %s", json.dumps(results))
     return results
 
@@ -232,7 +246,9 @@ def evaluate_shapes(comps, params: dict, config, key) -> dict:
     from artv_jax.data import shapes_score
 
     e = config.eval
-    sampler = generate.make_sampler(comps, config.sample)
+    sample_cfg = config.sample.copy_and_resolve_references()
+    sample_cfg.num_steps = e.get("num_steps", sample_cfg.num_steps)
+    sampler = generate.make_sampler(comps, sample_cfg, config.model)
     examples = [shapes.generate_example("test", k, config.data.size, config.data.num_frames)
                 for k in range(e.num_videos)]
     videos = []
@@ -241,25 +257,24 @@ def evaluate_shapes(comps, params: dict, config, key) -> dict:
         videos.append(generate.generate(comps, params, sampler, captions, e.num_frames, jax.random.fold_in(key, i)))
     videos = np.concatenate(videos)
     scores = shapes_score.score_batch(videos, [ex["caption"] for ex in examples])
-    return {k: float(v) for k, v in scores.items() if np.isscalar(v)}
+    # Text-to-video has no true start position: position scores are NaN and left out.
+    return {k: float(v) for k, v in scores.items() if np.isscalar(v) and np.isfinite(v)}
 
 
 def _write_samples(comps, params, config, workdir, key, name: str) -> None:
     from artv_jax import generate, video_io
 
     s = config.sample
-    sampler = generate.make_sampler(comps, s)
+    sampler = generate.make_sampler(comps, s, config.model)
     videos = generate.generate(comps, params, sampler, list(s.prompts), s.num_frames, key)
     grid = np.concatenate(list(videos), axis=2)  # videos side by side
-    os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
     for ext in ("gif", "mp4"):
-        path = os.path.join(workdir, "samples", f"{name}.{ext}")
-        if ext == "gif":
-            video_io.write_gif(path, grid, fps=8, scale=4 if comps.frame_size <= 64 else 1)
-        else:
-            video_io.write_mp4(path, grid, fps=8)
-    with open(os.path.join(workdir, "samples", f"{name}.txt"), "w") as f:
-        f.write("\n".join(s.prompts) + "\n")
+        with storage.local_file(storage.join(workdir, "samples", f"{name}.{ext}")) as path:
+            if ext == "gif":
+                video_io.write_gif(path, grid, fps=8, scale=4 if comps.frame_size <= 64 else 1)
+            else:
+                video_io.write_mp4(path, grid, fps=8)
+    storage.write_text(storage.join(workdir, "samples", f"{name}.txt"), "\n".join(s.prompts) + "\n")
 
 
 def _example_batch(iterator, keys) -> dict:
@@ -313,8 +328,12 @@ def main(argv):
     del argv
     from absl import flags
 
+    from absl import logging as absl_logging
+
     FLAGS = flags.FLAGS
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("artv_jax").setLevel(logging.INFO)  # orbax and absl stay at WARNING
     initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     train_and_evaluate(FLAGS.config, FLAGS.workdir)
 

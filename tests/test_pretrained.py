@@ -1,6 +1,5 @@
 """`load_stable_diffusion` on a whole tiny diffusers pipeline directory, end to end against PyTorch."""
 
-import json
 
 import jax.numpy as jnp
 import numpy as np
@@ -11,30 +10,14 @@ diffusers = pytest.importorskip("diffusers")
 transformers = pytest.importorskip("transformers")
 
 from artv_jax import pretrained
-from helpers import randomize, write_sd_tokenizer
+from helpers import write_tiny_sd
 
 
 @pytest.fixture(scope="module")
 def pipeline_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("sd")
-    unet = randomize(diffusers.UNet2DConditionModel(
-        block_out_channels=(32, 64), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), layers_per_block=1, attention_head_dim=4,
-        cross_attention_dim=32, norm_num_groups=8, sample_size=8).eval(), seed=0)
-    vae = randomize(diffusers.AutoencoderKL(
-        block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2, layers_per_block=1, norm_num_groups=4, sample_size=16).eval(), seed=1)
-    text = randomize(transformers.CLIPTextModel(transformers.CLIPTextConfig(
-        vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        max_position_embeddings=77, hidden_act="quick_gelu")).eval(), seed=2, scale=0.05)
-    scheduler = diffusers.DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
-                                        clip_sample=False, set_alpha_to_one=False, steps_offset=1)
-    unet.save_pretrained(root / "unet")
-    vae.save_pretrained(root / "vae")
-    text.save_pretrained(root / "text_encoder")
-    scheduler.save_pretrained(root / "scheduler")
-    write_sd_tokenizer(root / "tokenizer")
-    (root / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
+    modules = write_tiny_sd(root)
+    unet, vae, text = modules["unet"], modules["vae"], modules["text_encoder"]
     return root, unet, vae, text
 
 

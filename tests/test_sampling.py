@@ -141,6 +141,27 @@ def test_mask_zero_copies_the_previous_frame():
         np.testing.assert_allclose(frame, video[0], atol=1e-4)
 
 
+def test_ablation_switches_follow_training():
+    """use_mask=False is m = 1 whatever the mask head says; use_anchor=False is a zero anchor."""
+    conds, uncond = texts(3)
+    first = jax.random.normal(jax.random.PRNGKey(4), (1, *SHAPE))
+    run = lambda s, p: sampling.sample_video(s, p, jax.random.PRNGKey(0), conds, uncond, first_frames=first,
+                                             progress=False)
+    no_mask, copying = make(mask_bias=-100.0, use_mask=False)
+    trusting, ones = make(mask_bias=100.0)  # sigmoid(100) is exactly 1 in float32
+    np.testing.assert_allclose(run(no_mask, copying), run(trusting, ones), atol=1e-5)
+
+    sampler, params = make()
+    no_anchor, _ = make(use_anchor=False)
+    x = jax.random.normal(jax.random.PRNGKey(5), SHAPE)
+    window, anchor = first[0], jax.random.normal(jax.random.PRNGKey(6), SHAPE)
+    noise = jnp.zeros_like(window)
+    args = (params, x, 500, conds[0], uncond)
+    want = sampler.guided_output(*args, window, jnp.zeros_like(anchor), noise, False, None)
+    np.testing.assert_array_equal(no_anchor.guided_output(*args, window, anchor, noise, False, None), want)
+    assert np.abs(sampler.guided_output(*args, window, anchor, noise, False, None) - want).max() > 1e-4
+
+
 def test_bad_inputs_raise():
     sampler, params = make()
     conds, uncond = texts(3)

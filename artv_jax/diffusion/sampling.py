@@ -48,6 +48,8 @@ class SamplerConfig:
       ref_guidance: guidance scale on the references (1: off, no extra branch).
       ref_level: noise level s_infer in [0, 1] of the references at inference.
       chunk_size: frames per compiled scan call.
+      use_mask: False forces m = 1 (for models trained without the mask head: the `no_mask` ablation).
+      use_anchor: False feeds a zero anchor (models trained without anchored conditioning).
     """
 
     num_steps: int = 25
@@ -56,6 +58,8 @@ class SamplerConfig:
     ref_guidance: float = 1.0
     ref_level: float = 0.0
     chunk_size: int = 8
+    use_mask: bool = True
+    use_anchor: bool = True
 
     def __post_init__(self):
         if self.num_steps < 1 or self.chunk_size < 1:
@@ -94,6 +98,8 @@ class Sampler:
         c = model.latent_channels
         x_ref = window[..., -c:]
         level = jnp.full((x_t.shape[0],), cfg.ref_level, jnp.float32)
+        if not cfg.use_anchor:
+            anchor = jnp.zeros_like(anchor)
         refs = masked.augment_at_level(self.schedule, window, ref_noise, level)
         if drop_refs:
             branches = [(cond, True), (uncond, True)]
@@ -109,7 +115,8 @@ class Sampler:
         pred, mask_logits = model.apply(
             {"params": params}, tile(x_t), t_b, text, tile(refs), tile(anchor), tile(level),
             drop_refs=drop, anchor_contexts=None if ctx is None else [tile(a) for a in ctx], anchor_keep=~drop)
-        mask = masked.apply_ref_drop(jax.nn.sigmoid(mask_logits), drop)
+        mask = jax.nn.sigmoid(mask_logits) if cfg.use_mask else jnp.ones_like(mask_logits)
+        mask = masked.apply_ref_drop(mask, drop)
         out = masked.blend_prediction(self.schedule, pred, mask, tile(x_t), t_b, tile(x_ref))
         outs = jnp.split(out, n, axis=0)
         if n == 2:
@@ -214,7 +221,8 @@ def _start(sampler: Sampler, params, key, texts, uncond, first_frames, latent_sh
     ctx = None
     if sampler.model.config.anchor_attention:
         fn = functools.partial(anchor_contexts, sampler.model)
-        ctx = (fn if reference else jax.jit(fn))(params, first_frames[0], texts[0])
+        anchor = first_frames[0] if sampler.config.use_anchor else jnp.zeros_like(first_frames[0])
+        ctx = (fn if reference else jax.jit(fn))(params, anchor, texts[0])
     return first_frames, initial_state(sampler, first_frames), ctx
 
 

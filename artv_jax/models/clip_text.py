@@ -125,7 +125,7 @@ def pooled_output(last_hidden_state: jax.Array, input_ids: jax.Array, eos_token_
     return jnp.take_along_axis(last_hidden_state, index[:, None, None], axis=1)[:, 0]
 
 
-def _layer_norm(config: CLIPTextConfig, param_dtype: Any, name: str) -> nn.LayerNorm:
+def layer_norm(config: CLIPTextConfig, param_dtype: Any, name: str) -> nn.LayerNorm:
     """A LayerNorm that computes in float32 with the exact (two-pass) variance."""
     return nn.LayerNorm(epsilon=config.layer_norm_eps, dtype=jnp.float32, param_dtype=param_dtype,
                         use_fast_variance=False, name=name)
@@ -150,11 +150,12 @@ class _Embeddings(nn.Module):
 
 
 class _Attention(nn.Module):
-    """Causal multi-head self-attention (softmax in float32 inside `dot_product_attention`)."""
+    """Multi-head self-attention, causal for text (softmax in float32 inside `dot_product_attention`)."""
 
     config: CLIPTextConfig
     dtype: Any
     param_dtype: Any
+    causal: bool = True
 
     @nn.compact
     def __call__(self, x: jax.Array, mask: jax.Array | None) -> jax.Array:
@@ -165,7 +166,8 @@ class _Attention(nn.Module):
         q = dense(name="q_proj")(x).reshape(heads)
         k = dense(name="k_proj")(x).reshape(heads)
         v = dense(name="v_proj")(x).reshape(heads)
-        out = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=cfg.head_dim ** -0.5, is_causal=True)
+        out = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=cfg.head_dim ** -0.5,
+                                           is_causal=self.causal)
         return dense(name="out_proj")(out.reshape(batch, length, cfg.hidden_size))
 
 
@@ -190,27 +192,34 @@ class _EncoderLayer(nn.Module):
     config: CLIPTextConfig
     dtype: Any
     param_dtype: Any
+    causal: bool = True
 
     @nn.compact
     def __call__(self, x: jax.Array, mask: jax.Array | None) -> jax.Array:
         args = (self.config, self.dtype, self.param_dtype)
-        h = _layer_norm(self.config, self.param_dtype, "layer_norm1")(x).astype(self.dtype)
-        x = x + _Attention(*args, name="self_attn")(h, mask)
-        h = _layer_norm(self.config, self.param_dtype, "layer_norm2")(x).astype(self.dtype)
+        h = layer_norm(self.config, self.param_dtype, "layer_norm1")(x).astype(self.dtype)
+        x = x + _Attention(*args, causal=self.causal, name="self_attn")(h, mask)
+        h = layer_norm(self.config, self.param_dtype, "layer_norm2")(x).astype(self.dtype)
         return x + _MLP(*args, name="mlp")(h)
 
 
-class _Encoder(nn.Module):
-    """The stack of `num_hidden_layers` blocks; runs only the first `num_layers`."""
+class Encoder(nn.Module):
+    """The stack of `num_hidden_layers` blocks; runs only the first `num_layers`.
+
+    Causal for the text tower; the CLIP vision tower (`artv_jax.metrics.clip_vision`)
+    uses it with `causal=False`. `config` needs CLIP's transformer fields
+    (hidden_size, heads, intermediate_size, hidden_act, layer_norm_eps).
+    """
 
     config: CLIPTextConfig
     dtype: Any
     param_dtype: Any
+    causal: bool = True
 
     @nn.compact
     def __call__(self, x: jax.Array, mask: jax.Array | None, num_layers: int) -> jax.Array:
         for i in range(num_layers):
-            x = _EncoderLayer(self.config, self.dtype, self.param_dtype, name=f"layers_{i}")(x, mask)
+            x = _EncoderLayer(self.config, self.dtype, self.param_dtype, self.causal, name=f"layers_{i}")(x, mask)
         return x
 
 
@@ -225,8 +234,8 @@ class _TextTransformer(nn.Module):
     def __call__(self, input_ids: jax.Array, mask: jax.Array | None, num_layers: int) -> jax.Array:
         args = (self.config, self.dtype, self.param_dtype)
         x = _Embeddings(*args, name="embeddings")(input_ids)
-        x = _Encoder(*args, name="encoder")(x, mask, num_layers)
-        return _layer_norm(self.config, self.param_dtype, "final_layer_norm")(x).astype(self.dtype)
+        x = Encoder(*args, name="encoder")(x, mask, num_layers)
+        return layer_norm(self.config, self.param_dtype, "final_layer_norm")(x).astype(self.dtype)
 
 
 class CLIPTextModel(nn.Module):

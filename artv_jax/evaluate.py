@@ -1,0 +1,190 @@
+r"""Shapes-world evaluation of a trained ART·V: `python -m artv_jax.evaluate --workdir=DIR`.
+
+For each caption of the shapes world (all 144 by default) it generates a
+text-to-video and an image-to-video rollout (the first frame rendered exactly
+from the caption and a start position), reads background, object colour,
+shape, motion direction, speed and object count off every frame
+(`artv_jax.data.shapes_score`), and measures how they drift over the rollout.
+
+    python -m artv_jax.evaluate --workdir=workdirs/shapes                       # 144 captions, 16/64/256 frames
+    python -m artv_jax.evaluate --workdir=W --captions=24 --lengths=16,64 --steps=10   # a quicker look
+
+Writes to `--out` (default `<workdir>/evaluation`): `report.json` (scores per
+mode and rollout length, per-frame drift curves), `drift.png` (frame accuracy
+and colour distance against frame index) and `samples.png` (a contact sheet).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import jax
+import numpy as np
+
+from artv_jax.data import shapes, shapes_score
+
+MODES = ("t2v", "i2v")
+CURVES = ("frame_ok", "colour_distance", "area_error", "one_object")
+
+
+def eval_cases(num_captions: int, size: int) -> list[dict]:
+    """`num_captions` captions spread over the 144, each with a start position for image-to-video."""
+    captions = shapes.all_captions()
+    if not 1 <= num_captions <= len(captions):
+        raise ValueError(f"--captions must be in 1..{len(captions)}, got {num_captions}.")
+    picks = np.linspace(0, len(captions) - 1, num_captions).round().astype(int)
+    last = size - shapes.box_size(size)
+    cases = []
+    for i in picks:
+        attrs = shapes_score.parse_caption(captions[i])
+        rng = np.random.default_rng([2, int(i)])  # fixed start positions, independent of the selection
+        attrs.update(x=int(rng.integers(0, last + 1)), y=int(rng.integers(0, last + 1)))
+        cases.append({"caption": captions[i], **attrs})
+    return cases
+
+
+def rollouts(comps, params, sampler, cases, mode: str, num_frames: int, batch: int, key) -> np.ndarray:
+    """uint8 (N, num_frames, S, S, 3): one rollout per case."""
+    from artv_jax import generate
+
+    videos = []
+    for start in range(0, len(cases), batch):
+        chunk = cases[start:start + batch]
+        first = None
+        if mode == "i2v":
+            first = np.stack([shapes.render_video(c["background"], c["colour"], c["shape"], c["direction"], c["x"],
+                                                  c["y"], size=comps.frame_size, num_frames=1) for c in chunk])
+        videos.append(generate.generate(comps, params, sampler, [c["caption"] for c in chunk], num_frames,
+                                        jax.random.fold_in(key, start), first_frames=first, progress=True))
+    return np.concatenate(videos)
+
+
+def evaluate(comps, params, config, *, num_captions: int = 144, lengths=(16, 64, 256), modes=MODES,
+             steps: int | None = None, batch: int = 48, seed: int = 0) -> tuple[dict, dict]:
+    """(report, videos by mode) for a model: scores per mode and rollout length, and drift curves."""
+    from artv_jax import generate
+
+    lengths = sorted(set(int(n) for n in lengths))
+    if lengths[0] < 2:
+        raise ValueError(f"rollout lengths must be >= 2 frames, got {lengths}.")
+    unknown = set(modes) - set(MODES)
+    if unknown:
+        raise ValueError(f"unknown modes {sorted(unknown)}; choose from {MODES}.")
+    sampler = generate.sampler_from_config(comps, config, steps=steps or None)
+    s = sampler.config
+    cases = eval_cases(num_captions, comps.frame_size)
+    key = jax.random.PRNGKey(seed)
+    report = {"num_captions": len(cases), "lengths": lengths, "sampler": {
+        "num_steps": s.num_steps, "text_guidance": s.text_guidance, "ref_level": s.ref_level, "eta": s.eta}}
+    videos = {}
+    for mode in modes:
+        t0 = time.time()
+        v = rollouts(comps, params, sampler, cases, mode, lengths[-1], batch, jax.random.fold_in(key, len(videos)))
+        videos[mode] = v
+        attrs = cases if mode == "i2v" else [{k: c[k] for k in c if k not in ("x", "y")} for c in cases]
+        full = shapes_score.score_batch(v, attrs, drift_frames=lengths, curves=True)
+        by_length = {str(n): _finite(shapes_score.score_batch(v[:, :n], attrs, drift_frames=())) for n in lengths}
+        report[mode] = {"by_length": by_length, "seconds": round(time.time() - t0, 1),
+                        "curves": {k: [round(float(x), 5) for x in full["curves"][k]] for k in CURVES}}
+    return report, videos
+
+
+def _finite(scores: dict) -> dict:
+    return {k: float(v) for k, v in scores.items() if np.isscalar(v) and np.isfinite(v)}
+
+
+def drift_plot(report: dict, path: str, width: int = 640, height: int = 300) -> None:
+    """A PNG: frame accuracy (left) and colour distance (right) against frame index, one line per mode."""
+    from PIL import Image, ImageDraw
+
+    colours = {"t2v": (200, 40, 40), "i2v": (40, 90, 200)}
+    image = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(image)
+    panels = [("frame accuracy", "frame_ok", 1.0), ("colour distance", "colour_distance", None)]
+    pw = width // 2
+    for p, (title, key, top) in enumerate(panels):
+        x0, y0, x1, y1 = p * pw + 40, 20, (p + 1) * pw - 10, height - 30
+        series = {m: np.asarray(report[m]["curves"][key], float) for m in MODES if m in report}
+        if top is None:
+            top = max(1e-6, max(float(np.nanmax(s)) for s in series.values()) * 1.05)
+        draw.rectangle([x0, y0, x1, y1], outline="black")
+        draw.text((x0, 4), title, fill="black")
+        draw.text((x0 - 36, y0), f"{top:.3g}", fill="black")
+        draw.text((x0 - 12, y1 - 10), "0", fill="black")
+        for m, s in series.items():
+            n = len(s)
+            draw.text((x1 - 30, y1 + 6), str(n), fill="black")
+            points = [(x0 + (x1 - x0) * i / max(1, n - 1), y1 - (y1 - y0) * min(v, top) / top)
+                      for i, v in enumerate(s) if np.isfinite(v)]
+            if len(points) > 1:
+                draw.line(points, fill=colours[m], width=2)
+            draw.text((x0 + 6, y0 + 6 + 12 * list(series).index(m)), m, fill=colours[m])
+    image.save(path)
+
+
+def contact_sheet(videos: dict, path: str, rows: int = 6, columns: int = 16, scale: int = 2) -> None:
+    """A PNG: for each mode, `rows` rollouts with `columns` frames spread over their length."""
+    from PIL import Image
+
+    from artv_jax import video_io
+
+    sheets = []
+    for v in videos.values():
+        idx = np.linspace(0, v.shape[1] - 1, min(columns, v.shape[1])).round().astype(int)
+        sheets.append(video_io.contact_sheet(v[:rows, idx]))
+    gap = np.full((4, sheets[0].shape[1], 3), 255, np.uint8)
+    sheet = np.concatenate([x for s in sheets for x in (s, gap)][:-1])
+    Image.fromarray(sheet).resize((sheet.shape[1] * scale, sheet.shape[0] * scale), Image.NEAREST).save(path)
+
+
+def main(argv):
+    del argv
+    from absl import flags
+
+    from artv_jax.sample import UsageError, load
+
+    FLAGS = flags.FLAGS
+    try:
+        comps, params, config = load(FLAGS.workdir, FLAGS.step)
+        report, videos = evaluate(comps, params, config, num_captions=FLAGS.captions,
+                                  lengths=[int(x) for x in FLAGS.lengths], modes=FLAGS.modes, steps=FLAGS.steps,
+                                  batch=FLAGS.batch, seed=FLAGS.seed)
+    except (UsageError, ValueError, FileNotFoundError) as e:
+        print(f"artv_jax.evaluate: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    out = FLAGS.out or os.path.join(FLAGS.workdir, "evaluation")
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "report.json"), "w") as f:
+        json.dump(report, f, indent=1)
+    drift_plot(report, os.path.join(out, "drift.png"))
+    contact_sheet(videos, os.path.join(out, "samples.png"))
+    for mode in FLAGS.modes:
+        for n, s in report[mode]["by_length"].items():
+            print(f"{mode} {n:>4s} frames: all {s['all_accuracy']:.3f}  colour {s['colour_accuracy']:.3f}  "
+                  f"shape {s['shape_accuracy']:.3f}  direction {s['direction_accuracy']:.3f}  "
+                  f"background {s['background_accuracy']:.3f}  frame {s['frame_accuracy']:.3f}")
+    print(f"wrote {out}/report.json, drift.png, samples.png")
+
+
+def _define_flags():
+    from absl import flags
+
+    flags.DEFINE_string("workdir", "", "A training run's workdir.", required=True)
+    flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
+    flags.DEFINE_integer("captions", 144, "How many of the 144 captions (spread evenly).")
+    flags.DEFINE_list("lengths", ["16", "64", "256"], "Rollout lengths scored (frames).")
+    flags.DEFINE_list("modes", list(MODES), "t2v (text-to-video) and/or i2v (image-to-video).")
+    flags.DEFINE_integer("steps", None, "DDIM steps per frame (default: the training config's).")
+    flags.DEFINE_integer("batch", 48, "Videos generated together.")
+    flags.DEFINE_integer("seed", 0, "Random seed.")
+    flags.DEFINE_string("out", "", "Output directory (default <workdir>/evaluation).")
+
+
+if __name__ == "__main__":
+    from absl import app
+
+    _define_flags()
+    app.run(main)
