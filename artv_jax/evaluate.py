@@ -17,13 +17,13 @@ and colour distance against frame index) and `samples.png` (a contact sheet).
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 
 import jax
 import numpy as np
 
+from artv_jax import storage
 from artv_jax.data import shapes, shapes_score
 
 MODES = ("t2v", "i2v")
@@ -148,19 +148,24 @@ def main(argv):
 
     FLAGS = flags.FLAGS
     try:
+        if not FLAGS.workdir:
+            raise UsageError("give --workdir (a training run).")
+        lengths = [int(x) for x in FLAGS.lengths]
+        eval_cases(FLAGS.captions, 32)  # the cheap checks, before the model loads
+        if min(lengths) < 2 or set(FLAGS.modes) - set(MODES):
+            raise UsageError(f"--lengths must be >= 2 frames and --modes in {MODES}; got {lengths}, {FLAGS.modes}.")
         comps, params, config = load(FLAGS.workdir, FLAGS.step)
-        report, videos = evaluate(comps, params, config, num_captions=FLAGS.captions,
-                                  lengths=[int(x) for x in FLAGS.lengths], modes=FLAGS.modes, steps=FLAGS.steps,
-                                  batch=FLAGS.batch, seed=FLAGS.seed)
+        report, videos = evaluate(comps, params, config, num_captions=FLAGS.captions, lengths=lengths,
+                                  modes=FLAGS.modes, steps=FLAGS.steps, batch=FLAGS.batch, seed=FLAGS.seed)
     except (UsageError, ValueError, FileNotFoundError) as e:
         print(f"artv_jax.evaluate: error: {e}", file=sys.stderr)
         sys.exit(2)
-    out = FLAGS.out or os.path.join(FLAGS.workdir, "evaluation")
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "report.json"), "w") as f:
-        json.dump(report, f, indent=1)
-    drift_plot(report, os.path.join(out, "drift.png"))
-    contact_sheet(videos, os.path.join(out, "samples.png"))
+    out = FLAGS.out or storage.join(storage.resolve(FLAGS.workdir), "evaluation")
+    storage.write_text(storage.join(out, "report.json"), json.dumps(report, indent=1))
+    with storage.local_file(storage.join(out, "drift.png")) as path:
+        drift_plot(report, path)
+    with storage.local_file(storage.join(out, "samples.png")) as path:
+        contact_sheet(videos, path)
     for mode in FLAGS.modes:
         for n, s in report[mode]["by_length"].items():
             print(f"{mode} {n:>4s} frames: all {s['all_accuracy']:.3f}  colour {s['colour_accuracy']:.3f}  "
@@ -172,7 +177,7 @@ def main(argv):
 def _define_flags():
     from absl import flags
 
-    flags.DEFINE_string("workdir", "", "A training run's workdir.", required=True)
+    flags.DEFINE_string("workdir", "", "A training run's workdir (local or gs://).")
     flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
     flags.DEFINE_integer("captions", 144, "How many of the 144 captions (spread evenly).")
     flags.DEFINE_list("lengths", ["16", "64", "256"], "Rollout lengths scored (frames).")

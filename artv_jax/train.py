@@ -180,6 +180,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     progress = _progress(start_step, t_cfg.num_steps, enabled=is_main and config.get("progress", True))
     last_log, last_log_step = time.time(), start_step
     step = start_step
+    last_metrics = {}
     t_train = time.time()
     try:
         for step in range(start_step + 1, t_cfg.num_steps + 1):
@@ -200,6 +201,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
                 metrics["steps_per_s"] = (step - last_log_step) / max(now - last_log, 1e-9)
                 last_log, last_log_step = now, step
                 writer.write(step, metrics)
+                last_metrics = metrics
                 progress.set_postfix(loss=f"{metrics['loss']:.4f}", mask=f"{metrics['mask_mean']:.2f}")
             if is_save:
                 checkpoint.save(manager, step, state, iterator.get_state(), config_dict, force=True)
@@ -208,7 +210,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
                 if is_main:
                     _write_samples(comps, params, config, workdir, sample_key, f"step_{step}")
             if stop.should_stop(step):
-                checkpoint.save(manager, step, state, iterator.get_state(), config_dict, force=True)
+                if not is_save:  # this step's checkpoint may already be written
+                    checkpoint.save(manager, step, state, iterator.get_state(), config_dict, force=True)
                 manager.wait_until_finished()
                 log.info("preempted: saved step %d and stopped.", step)
                 return {"preempted_at": step, "start_step": start_step}
@@ -219,7 +222,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
         manager.wait_until_finished()
 
     # --- End of run: samples from the EMA weights, and the shapes-world scores.
-    results = {"step": step, "start_step": start_step, "train_seconds": round(time.time() - t_train, 1)}
+    results = {"step": step, "start_step": start_step, "train_seconds": round(time.time() - t_train, 1),
+               **{k: last_metrics[k] for k in ("loss", "loss_raw", "mask_mean") if k in last_metrics}}
     params = host_ema_params(state, frozen)  # every process takes part in the gather
     if is_main and config.sample.get("at_end", True):
         _write_samples(comps, params, config, workdir, sample_key, "final")

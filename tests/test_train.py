@@ -53,9 +53,18 @@ def _params(path) -> dict[str, np.ndarray]:
         return dict(f)
 
 
-def _max_rel_diff(a: dict, b: dict) -> float:
+def _assert_params_close(a: dict, b: dict) -> None:
+    """Equal up to float reassociation: 1e-4 of each tensor's scale, plus 3e-5 absolute.
+
+    The absolute floor is for parameters whose true gradient is exactly zero (the CLIP attention's key bias:
+    softmax ignores a constant added to every key): Adam turns the rounding noise of their gradient into
+    sign-like updates of up to the learning rate, which differ between device layouts. 3e-5 is 2% of what
+    the 3 steps move any parameter (the learning rate 1e-3 ramped up over 2 warm-up steps), so a real
+    sharding error (a wrong slice, a missing all-reduce) still fails.
+    """
     assert a.keys() == b.keys()
-    return max(float(np.abs(a[k] - b[k]).max() / (np.abs(b[k]).max() + 1e-6)) for k in a)
+    for k in a:
+        assert np.abs(a[k] - b[k]).max() <= 1e-4 * np.abs(b[k]).max() + 3e-5, k
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +80,7 @@ def test_sharded_step_on_8_devices_matches_one_device(reference, tmp_path):
     result = _run(tmp_path / "wd", "--devices=8", "--mesh=4,2", "--num_steps=3", out=tmp_path / "p.npz")
     ref_result, ref_params = reference
     assert result["checkpoint_step"] == ref_result["checkpoint_step"] == 3
-    assert _max_rel_diff(_params(tmp_path / "p.npz"), ref_params) < 1e-4
+    _assert_params_close(_params(tmp_path / "p.npz"), ref_params)
     assert result["loss"] == pytest.approx(ref_result["loss"], rel=1e-4)
 
 
@@ -91,7 +100,7 @@ def test_two_processes_match_one_process(tmp_path):
              for i in range(2)]
     results = [_finish(p) for p in procs]
     assert results[0]["checkpoint_step"] == 3
-    assert _max_rel_diff(_params(tmp_path / "two.npz"), _params(tmp_path / "one.npz")) < 1e-4
+    _assert_params_close(_params(tmp_path / "two.npz"), _params(tmp_path / "one.npz"))
     assert results[0]["loss"] == pytest.approx(single["loss"], rel=1e-4)
 
 
