@@ -115,7 +115,8 @@ def load_numpy(workdir: str, step: int | None = None, items: tuple[str, ...] = (
 
     For sampling, export and tests: no abstract state and no mesh are needed
     (the checkpoint may come from a pod). Returns `{item: tree}` plus
-    `"checkpoint_step"`.
+    `"checkpoint_step"`. Under `jax.distributed` the restore is collective:
+    every process must call it (orbax waits for all of them).
     """
     import numpy as np
 

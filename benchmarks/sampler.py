@@ -5,7 +5,8 @@
 Each (model, mode, frames) runs in its own process, so its peak resident
 memory (on CPU the device memory is host memory) is its own: `peak` over the
 whole process (compilation included), `while sampling` the peak of the timed
-run alone (VmHWM reset after warm-up).
+run alone (VmHWM reset after warm-up); on an accelerator also the device's
+own peak (`memory_stats()["peak_bytes_in_use"]`, compilation included).
 `scan` is `sampling.sample_video` (chunks of 8 frames, one compiled program);
 `loop` calls a jitted per-frame step from a Python loop. Seconds per frame
 exclude compilation (a warm-up video of one chunk runs first).
@@ -75,9 +76,12 @@ def child(model_name: str, mode: str, frames: int) -> dict:
     start = time.perf_counter()
     jax.block_until_ready(run(frames))
     seconds = time.perf_counter() - start
+    stats = jax.local_devices()[0].memory_stats() or {}  # accelerators: device memory; CPU: None
     return {"model": model_name, "mode": mode, "frames": frames, "s_per_frame": seconds / (frames - 1),
+            "device": jax.local_devices()[0].device_kind,
             "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "sampling_peak_rss_mib": _peak_rss_mib() if reset else float("nan")}
+            "sampling_peak_rss_mib": _peak_rss_mib() if reset else float("nan"),
+            "device_peak_mib": stats.get("peak_bytes_in_use", float("nan")) / 2**20}
 
 
 def _reset_peak_rss() -> bool:
@@ -118,13 +122,14 @@ def main():
                 rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
                 r = rows[-1]
                 print(f"{r['model']:9s} {r['mode']:5s} {r['frames']:4d} frames  {r['s_per_frame']:.3f} s/frame  "
-                      f"peak {r['peak_rss_mib']:.0f} MiB (while sampling {r['sampling_peak_rss_mib']:.0f} MiB)",
-                      flush=True)
+                      f"peak {r['peak_rss_mib']:.0f} MiB (while sampling {r['sampling_peak_rss_mib']:.0f} MiB)"
+                      + (f", device peak {r['device_peak_mib']:.1f} MiB" if r["device_peak_mib"] == r["device_peak_mib"]
+                         else ""), flush=True)
     for model in args.models:
         for mode in ("scan", "loop"):
-            for key in ("peak_rss_mib", "sampling_peak_rss_mib"):
+            for key in ("peak_rss_mib", "sampling_peak_rss_mib", "device_peak_mib"):
                 peaks = {r["frames"]: r[key] for r in rows if r["model"] == model and r["mode"] == mode}
-                if len(peaks) > 1:
+                if len(peaks) > 1 and all(v == v for v in peaks.values()):
                     lo, hi = min(peaks), max(peaks)
                     print(f"{model} {mode}: {key} at {hi} frames / at {lo} frames = {peaks[hi] / peaks[lo]:.3f}")
     print(json.dumps(rows))

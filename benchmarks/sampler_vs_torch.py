@@ -56,15 +56,20 @@ def main():
     parser.add_argument("--steps", type=int, default=25, help="DDIM steps per frame")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--torch_device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="where the PyTorch sampler runs (default: cuda when available)")
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count())
+    if args.torch_device.startswith("cuda"):  # TF32 matmuls and convolutions, as JAX does by default on GPUs
+        torch.set_float32_matmul_precision("high")
+        torch.backends.cudnn.allow_tf32 = True
 
     config = model_config(args.model)
     comps, _ = components_lib.build(config)
     with tempfile.TemporaryDirectory() as tmp:
         export.export(comps, jax.jit(comps.init)(jax.random.PRNGKey(0)), config, tmp)
         comps, params = export.import_diffusers(tmp)
-        tsampler = TorchSampler.from_pretrained(tmp)
+        tsampler = TorchSampler.from_pretrained(tmp, device=args.torch_device)
     n_params = sum(p.numel() for p in tsampler.unet.parameters()) + sum(p.numel() for p in tsampler.adapter.parameters())
 
     settings = dict(num_steps=args.steps, eta=0.0, text_guidance=config.sample.text_guidance, ref_guidance=1.0,
@@ -92,13 +97,20 @@ def main():
     theirs = lambda: tsampler.sample_latents(
         texts_t, uncond_t, first_frames=first_t, noise=torch_noise(generator, (b, c, size, size), comps.model.config.num_ref_frames, args.steps),
         **settings)
-    theirs()  # warm-up
+    def theirs_synced():
+        out = theirs()
+        if args.torch_device.startswith("cuda"):
+            torch.cuda.synchronize()
+        return out
+
+    theirs_synced()  # warm-up
 
     ours_s = best_time(ours, args.repeats) / generated
-    torch_s = best_time(theirs, args.repeats) / generated
+    torch_s = best_time(theirs_synced, args.repeats) / generated
     print(f"ART·V {args.model} ({n_params / 1e6:.2f}M UNet+adapter params), batch {b}, latents {size}x{size}x{c}, "
           f"{args.steps} DDIM steps, guidance {settings['text_guidance']} (2 UNet passes per step), "
-          f"{generated} generated frames; {jax.devices()[0].platform} / torch {torch.__version__}, "
+          f"{generated} generated frames; ours on {jax.devices()[0].device_kind} / torch {torch.__version__} on "
+          f"{args.torch_device}, "
           f"{os.cpu_count()} cores; best of {args.repeats}")
     print(f"{'':10s} {'ours (s/frame)':>15s} {'torch (s/frame)':>16s} {'ratio':>7s}")
     print(f"{'sampling':10s} {ours_s:15.4f} {torch_s:16.4f} {ours_s / torch_s:7.2f}")

@@ -159,7 +159,7 @@ def sd_model(size: int):
     def encode(x):
         return (vae.encode(x).latent_dist.mean - shift) * scale
 
-    return config, comps, params, dict(unet=wide_unet, text=text, encode=encode, train_text=False)
+    return config, comps, params, dict(unet=wide_unet, text=text, encode=encode, train_text=False, to_device=[vae])
 
 
 def random_batch(config, comps, batch: int, seed: int = 0) -> dict:
@@ -209,16 +209,18 @@ def time_ours(config, comps, params, batch_np, repeats: int, label: str) -> dict
 
 # ---------------------------------------------------------------- torch
 
-def make_torch_step(config, comps, modules, batch_np):
-    """The same training step in eager PyTorch (NCHW): returns (step function, trainable parameter count)."""
+def make_torch_step(config, comps, modules, batch_np, device: str = "cpu"):
+    """The same training step in eager PyTorch (NCHW) on `device`: returns (step function, trainable parameter count)."""
     unet, text_encoder, encode, train_text = modules["unet"], modules["text"], modules["encode"], modules["train_text"]
+    for module in [*modules.get("to_device", ()), unet, text_encoder]:
+        module.to(device)
     m, obj, t_cfg = config.model, config.objective, config.train
     r = m.artv.num_ref_frames
     latent_channels = comps.autoencoder.channels
     adapter = diffusers.T2IAdapter(
         in_channels=latent_channels * (r + 1) + 1, channels=list(unet.config.block_out_channels),
         num_res_blocks=m.artv.adapter_num_res_blocks, downscale_factor=m.artv.adapter_downscale_factor,
-        adapter_type="full_adapter")
+        adapter_type="full_adapter").to(device)
     trainable = list(unet.parameters()) + list(adapter.parameters())
     if train_text:
         trainable += list(text_encoder.parameters())
@@ -231,11 +233,11 @@ def make_torch_step(config, comps, modules, batch_np):
 
     schedule = comps.schedule
     num_t = schedule.num_train_timesteps
-    alphas = torch.from_numpy(np.asarray(schedule.alphas_cumprod, np.float32))
-    table = torch.cat([torch.ones(1), alphas])
+    alphas = torch.from_numpy(np.array(schedule.alphas_cumprod, np.float32)).to(device)
+    table = torch.cat([torch.ones(1, device=device), alphas])
     v_pred = schedule.prediction_type == "v_prediction"
-    empty_tokens = torch.from_numpy(np.asarray(comps.tokenize(""), np.int64))[None]
-    batch = {k: torch.from_numpy(v) for k, v in batch_np.items()}
+    empty_tokens = torch.from_numpy(np.asarray(comps.tokenize(""), np.int64))[None].to(device)
+    batch = {k: torch.from_numpy(v).to(device) for k, v in batch_np.items()}
     tokens = batch["tokens"].long()
 
     def frames(x):  # uint8 (B, H, W, 3) -> float (B, 3, H, W) in [-1, 1]
@@ -257,16 +259,16 @@ def make_torch_step(config, comps, modules, batch_np):
         with torch.set_grad_enabled(train_text):
             text = text_encoder(tokens).last_hidden_state
             empty = text_encoder(empty_tokens).last_hidden_state
-        drop_text = torch.rand(b) < obj.p_text
-        drop_ref = torch.rand(b) < obj.p_ref
+        drop_text = torch.rand(b, device=device) < obj.p_text
+        drop_ref = torch.rand(b, device=device) < obj.p_ref
         text = torch.where(drop_text[:, None, None], empty, text)
 
-        t = torch.randint(0, num_t, (b,))
+        t = torch.randint(0, num_t, (b,), device=device)
         noise = torch.randn_like(x0)
         a = alphas[t].view(b, 1, 1, 1)
         sa, sb = a.sqrt(), (1 - a).sqrt()
         x_t = sa * x0 + sb * noise
-        level = torch.rand(b) * obj.s_max
+        level = torch.rand(b, device=device) * obj.s_max
         a_s = at_level(level).view(b, 1, 1, 1)
         refs_in = a_s.sqrt() * refs + (1 - a_s).sqrt() * torch.randn_like(refs)
         plane = level.view(b, 1, 1, 1).expand(b, 1, *refs.shape[2:])
@@ -291,7 +293,7 @@ def make_torch_step(config, comps, modules, batch_np):
             opt.step()
             with torch.no_grad():
                 torch._foreach_lerp_(ema, live, 1.0 - decay)
-        return float(loss)
+        return float(loss.detach())
 
     return step, sum(p.numel() for p in trainable)
 
@@ -317,12 +319,17 @@ def main():
     parser.add_argument("--batch_tiny", type=int, default=32)
     parser.add_argument("--batch_sd", type=int, default=2)
     parser.add_argument("--size_sd", type=int, default=256, help="frame size of the SD-like model (latents / 8)")
+    parser.add_argument("--torch_device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="where the PyTorch step runs (default: cuda when available)")
     args = parser.parse_args()
     names = [n.strip() for n in args.models.split(",") if n.strip()]
     unknown = [n for n in names if n not in ("tiny", "sd")]
     if unknown or not names:
         parser.error(f"--models takes tiny and/or sd, got {args.models!r}")
     torch.set_num_threads(os.cpu_count())
+    if args.torch_device.startswith("cuda"):  # TF32 matmuls and convolutions, as JAX does by default on GPUs
+        torch.set_float32_matmul_precision("high")
+        torch.backends.cudnn.allow_tf32 = True
 
     rows = {}
     for name in names:
@@ -335,7 +342,7 @@ def main():
             b = args.batch_sd
         batch_np = random_batch(config, comps, b)
         ours = time_ours(config, comps, params, batch_np, args.repeats, name)
-        step, torch_params = make_torch_step(config, comps, modules, batch_np)
+        step, torch_params = make_torch_step(config, comps, modules, batch_np, args.torch_device)
         if torch_params != ours["params_trainable"]:
             print(f"  note: trainable parameters differ: ours {ours['params_trainable']}, torch {torch_params}")
         theirs = time_torch(step, args.repeats, name)
@@ -351,7 +358,8 @@ def main():
         )
         del params, comps, modules, step
 
-    print(f"\n{jax.devices()[0].platform} (jax {jax.__version__}) / torch {torch.__version__}, "
+    print(f"\nours on {jax.devices()[0].device_kind} (jax {jax.__version__}) / torch {torch.__version__} on "
+          f"{args.torch_device}, "
           f"{os.cpu_count()} cores; best of {args.repeats} steps after a warm-up; float32")
     header = (f"{'model':5s} {'params M':>14s} {'batch':>5s} {'frames':>6s} {'latents':>9s} {'ours s':>8s} "
               f"{'torch s':>8s} {'ratio':>6s} {'ours ex/s':>9s} {'torch ex/s':>10s} {'compile s':>9s} "

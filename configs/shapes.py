@@ -4,10 +4,12 @@
 
 Pixel space (32x32 RGB folded into 16x16x12 patches, no learned autoencoder), a word-level tokenizer over the 18
 words of the shapes captions and a 2-layer CLIP-style text encoder trained
-with the UNet and adapter. On a 2-core CPU the train step compiles in about
-70 s and the 1000 steps take about 27 minutes (0.63 steps/s); at the end it
-writes `samples/final.gif` and `eval.json` with the shapes-world scores (see
-the README for the numbers it reaches, and where it falls short).
+with the UNet and adapter; v-prediction. On a 2-core CPU the train step
+compiles in about 70 s and the 1000 steps take about 25 minutes (0.66
+steps/s); at the end it writes `samples/final.gif` and `eval.json` with the
+shapes-world scores. Measured (README, "The default run"): background 1.00 and
+object colour 0.71 accuracy, but shape (0.29) and motion direction (0.06) not
+yet learned in this budget.
 
 Quick check of the whole loop (a minute): --config.train.num_steps=20
 """
@@ -39,9 +41,11 @@ def get_config():
     c.model.use_mask = True  # ablation switch: False forces m = 1 (no masked diffusion)
     c.model.use_anchor = True  # ablation switch: False feeds a zero anchor
 
-    # DDPM's linear schedule, epsilon prediction (pixel space at 32x32).
+    # DDPM's linear schedule with v-prediction (pixel space at 32x32). With epsilon prediction the same 1000
+    # steps give a model whose deterministic DDIM samples drift into noise (x0 estimates of +-70 at high noise);
+    # v-prediction bounds the x0 estimate and the frames come out clean (README, "The default run").
     c.schedule = dict(num_train_timesteps=1000, beta_schedule="linear", beta_start=0.0001, beta_end=0.02,
-                      prediction_type="epsilon", clip_sample=False, set_alpha_to_one=True, steps_offset=0)
+                      prediction_type="v_prediction", clip_sample=False, set_alpha_to_one=True, steps_offset=0)
 
     # unmasked_weight: the plain diffusion loss on the UNet's own prediction, added to the masked loss. A
     # pretrained SD UNet already denoises; this scratch one must learn to, or the mask (which soon copies the

@@ -85,11 +85,11 @@ def main():
 
     train.make_iterator = patched_iterator
     results = train.train_and_evaluate(config, args.workdir)
-    if args.out and jax.process_index() == 0:
+    if args.out or jax.process_count() > 1:  # a restore is collective: every process joins; process 0 writes
         saved = checkpoint.load_numpy(args.workdir, items=("params", "step"))
-        flat = traverse_util.flatten_dict(saved["params"], sep="/")
-        np.savez(args.out, **flat)
         results["checkpoint_step"] = int(saved["step"])
+        if args.out and jax.process_index() == 0:
+            np.savez(args.out, **traverse_util.flatten_dict(saved["params"], sep="/"))
     print("RESULT " + json.dumps(results), flush=True)
 
 
