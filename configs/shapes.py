@@ -43,7 +43,7 @@ def get_config():
 
     # DDPM's linear schedule with v-prediction (pixel space at 32x32). With epsilon prediction the same 1000
     # steps give a model whose deterministic DDIM samples drift into noise (x0 estimates of +-70 at high noise);
-    # v-prediction bounds the x0 estimate and the frames come out clean (README, "The default run").
+    # v-prediction bounds the x0 estimate and the frames come out readable (README, "The default run").
     c.schedule = dict(num_train_timesteps=1000, beta_schedule="linear", beta_start=0.0001, beta_end=0.02,
                       prediction_type="v_prediction", clip_sample=False, set_alpha_to_one=True, steps_offset=0)
 
