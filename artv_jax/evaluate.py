@@ -30,11 +30,28 @@ MODES = ("t2v", "i2v")
 CURVES = ("frame_ok", "colour_distance", "area_error", "one_object")
 
 
+def _check_num_captions(num_captions: int) -> None:
+    total = len(shapes.all_captions())
+    if not 1 <= num_captions <= total:
+        raise ValueError(f"--captions must be in 1..{total}, got {num_captions}.")
+
+
+def check_options(num_captions: int, lengths, modes) -> list[int]:
+    """Validates the evaluation options (ValueError naming the bad one); returns the sorted distinct lengths."""
+    _check_num_captions(num_captions)
+    lengths = sorted(set(int(n) for n in lengths))
+    if not lengths or lengths[0] < 2:
+        raise ValueError(f"rollout lengths must be >= 2 frames, got {lengths}.")
+    unknown = set(modes) - set(MODES)
+    if unknown:
+        raise ValueError(f"unknown modes {sorted(unknown)}; choose from {MODES}.")
+    return lengths
+
+
 def eval_cases(num_captions: int, size: int) -> list[dict]:
     """`num_captions` captions spread over the 144, each with a start position for image-to-video."""
+    _check_num_captions(num_captions)
     captions = shapes.all_captions()
-    if not 1 <= num_captions <= len(captions):
-        raise ValueError(f"--captions must be in 1..{len(captions)}, got {num_captions}.")
     picks = np.linspace(0, len(captions) - 1, num_captions).round().astype(int)
     last = size - shapes.box_size(size)
     cases = []
@@ -67,12 +84,7 @@ def evaluate(comps, params, config, *, num_captions: int = 144, lengths=(16, 64,
     """(report, videos by mode) for a model: scores per mode and rollout length, and drift curves."""
     from artv_jax import generate
 
-    lengths = sorted(set(int(n) for n in lengths))
-    if lengths[0] < 2:
-        raise ValueError(f"rollout lengths must be >= 2 frames, got {lengths}.")
-    unknown = set(modes) - set(MODES)
-    if unknown:
-        raise ValueError(f"unknown modes {sorted(unknown)}; choose from {MODES}.")
+    lengths = check_options(num_captions, lengths, modes)
     sampler = generate.sampler_from_config(comps, config, steps=steps or None)
     s = sampler.config
     cases = eval_cases(num_captions, comps.frame_size)
@@ -150,10 +162,7 @@ def main(argv):
     try:
         if not FLAGS.workdir:
             raise UsageError("give --workdir (a training run).")
-        lengths = [int(x) for x in FLAGS.lengths]
-        eval_cases(FLAGS.captions, 32)  # the cheap checks, before the model loads
-        if min(lengths) < 2 or set(FLAGS.modes) - set(MODES):
-            raise UsageError(f"--lengths must be >= 2 frames and --modes in {MODES}; got {lengths}, {FLAGS.modes}.")
+        lengths = check_options(FLAGS.captions, FLAGS.lengths, FLAGS.modes)  # before the model loads
         comps, params, config = load(FLAGS.workdir, FLAGS.step)
         report, videos = evaluate(comps, params, config, num_captions=FLAGS.captions, lengths=lengths,
                                   modes=FLAGS.modes, steps=FLAGS.steps, batch=FLAGS.batch, seed=FLAGS.seed)

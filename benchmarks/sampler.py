@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import resource
 import subprocess
 import sys
@@ -123,13 +124,13 @@ def main():
                 r = rows[-1]
                 print(f"{r['model']:9s} {r['mode']:5s} {r['frames']:4d} frames  {r['s_per_frame']:.3f} s/frame  "
                       f"peak {r['peak_rss_mib']:.0f} MiB (while sampling {r['sampling_peak_rss_mib']:.0f} MiB)"
-                      + (f", device peak {r['device_peak_mib']:.1f} MiB" if r["device_peak_mib"] == r["device_peak_mib"]
-                         else ""), flush=True)
+                      + ("" if math.isnan(r["device_peak_mib"]) else f", device peak {r['device_peak_mib']:.1f} MiB"),
+                      flush=True)
     for model in args.models:
         for mode in ("scan", "loop"):
             for key in ("peak_rss_mib", "sampling_peak_rss_mib", "device_peak_mib"):
                 peaks = {r["frames"]: r[key] for r in rows if r["model"] == model and r["mode"] == mode}
-                if len(peaks) > 1 and all(v == v for v in peaks.values()):
+                if len(peaks) > 1 and not any(math.isnan(v) for v in peaks.values()):
                     lo, hi = min(peaks), max(peaks)
                     print(f"{model} {mode}: {key} at {hi} frames / at {lo} frames = {peaks[hi] / peaks[lo]:.3f}")
     print(json.dumps(rows))

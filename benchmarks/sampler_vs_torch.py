@@ -34,7 +34,7 @@ from artv_jax import export, generate
 from artv_jax.diffusion import sampling
 from artv_jax.torch_sampler import TorchSampler, torch_noise
 from configs import shapes as shapes_config
-from unet_vs_diffusers import best_time
+from unet_vs_diffusers import best_time, torch_matmul_like_jax
 
 PROMPT = "a red square moving right on a black background"
 
@@ -60,9 +60,7 @@ def main():
                         help="where the PyTorch sampler runs (default: cuda when available)")
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count())
-    if args.torch_device.startswith("cuda"):  # TF32 matmuls and convolutions, as JAX does by default on GPUs
-        torch.set_float32_matmul_precision("high")
-        torch.backends.cudnn.allow_tf32 = True
+    torch_matmul_like_jax(args.torch_device)
 
     config = model_config(args.model)
     comps, _ = components_lib.build(config)
@@ -94,19 +92,17 @@ def main():
     uncond_t = tsampler.encode_prompts([""]).expand(b, -1, -1)
     first_t = torch.from_numpy(first.transpose(0, 1, 4, 2, 3).copy())
     generator = torch.Generator().manual_seed(0)
-    theirs = lambda: tsampler.sample_latents(
-        texts_t, uncond_t, first_frames=first_t, noise=torch_noise(generator, (b, c, size, size), comps.model.config.num_ref_frames, args.steps),
-        **settings)
-    def theirs_synced():
-        out = theirs()
+    def theirs():
+        noise = torch_noise(generator, (b, c, size, size), comps.model.config.num_ref_frames, args.steps)
+        out = tsampler.sample_latents(texts_t, uncond_t, first_frames=first_t, noise=noise, **settings)
         if args.torch_device.startswith("cuda"):
-            torch.cuda.synchronize()
+            torch.cuda.synchronize()  # CUDA kernels run asynchronously
         return out
 
-    theirs_synced()  # warm-up
+    theirs()  # warm-up
 
     ours_s = best_time(ours, args.repeats) / generated
-    torch_s = best_time(theirs_synced, args.repeats) / generated
+    torch_s = best_time(theirs, args.repeats) / generated
     print(f"ART·V {args.model} ({n_params / 1e6:.2f}M UNet+adapter params), batch {b}, latents {size}x{size}x{c}, "
           f"{args.steps} DDIM steps, guidance {settings['text_guidance']} (2 UNet passes per step), "
           f"{generated} generated frames; ours on {jax.devices()[0].device_kind} / torch {torch.__version__} on "

@@ -56,7 +56,7 @@ from artv_jax import components as components_lib
 from artv_jax import train_step as ts
 from configs import shapes as shapes_config
 from configs import webvid as webvid_config
-from unet_vs_diffusers import SMALL_SD, best_time
+from unet_vs_diffusers import SMALL_SD, best_time, torch_matmul_like_jax
 
 # The small SD-like model's VAE (8x down-sampling) and text encoder.
 SMALL_VAE = dict(block_out_channels=(32, 64, 64, 64), down_block_types=("DownEncoderBlock2D",) * 4,
@@ -327,9 +327,7 @@ def main():
     if unknown or not names:
         parser.error(f"--models takes tiny and/or sd, got {args.models!r}")
     torch.set_num_threads(os.cpu_count())
-    if args.torch_device.startswith("cuda"):  # TF32 matmuls and convolutions, as JAX does by default on GPUs
-        torch.set_float32_matmul_precision("high")
-        torch.backends.cudnn.allow_tf32 = True
+    torch_matmul_like_jax(args.torch_device)
 
     rows = {}
     for name in names:

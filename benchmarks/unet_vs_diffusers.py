@@ -36,6 +36,13 @@ SMALL_SD = dict(
 )
 
 
+def torch_matmul_like_jax(device: str) -> None:
+    """On a CUDA device, TF32 matmuls and convolutions for torch, as JAX uses by default on GPUs; no-op on CPU."""
+    if device.startswith("cuda"):
+        torch.set_float32_matmul_precision("high")
+        torch.backends.cudnn.allow_tf32 = True
+
+
 def best_time(fn, repeats: int) -> float:
     times = []
     for _ in range(repeats):
