@@ -17,15 +17,30 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import resource
 import subprocess
 import sys
 import time
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+
+def _shapes_model() -> dict:
+    """The shapes default's UNet and sampler, read from configs/shapes.py (so the benchmark follows the config)."""
+    from configs import shapes
+
+    c = shapes.get_config()
+    u, patch = c.model.unet, c.model.patch
+    return dict(channels=tuple(u.block_out_channels), down=tuple(u.down_block_types), up=tuple(u.up_block_types),
+                heads=u.num_heads, groups=u.norm_num_groups, text_dim=c.model.text.hidden_size,
+                in_channels=3 * patch * patch, size=c.data.size // patch, steps=c.sample.num_steps)
+
+
 MODELS = {
-    # The shapes default (configs/shapes.py): 32x32 frames as 16x16x12 patches, 25 DDIM steps.
-    "shapes": dict(channels=(64, 96, 128), down=("CrossAttnDownBlock2D",) * 3, up=("CrossAttnUpBlock2D",) * 3,
-                   heads=4, groups=16, text_dim=64, in_channels=12, size=16, steps=25),
+    # The shapes default (configs/shapes.py): 32x32 frames as 16x16x12 patches, its DDIM steps.
+    "shapes": _shapes_model(),
     # A small SD-like latent model: 4 levels, 16x16 latents (128px images), 10 DDIM steps.
     "sd_small": dict(channels=(64, 128, 256, 256), down=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
                      up=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3, heads=8, groups=32, text_dim=256,

@@ -45,7 +45,8 @@ def get_config(variant: str = "256"):
     c.model.use_mask = True
     c.model.use_anchor = True
 
-    c.objective = dict(s_max=0.2, p_text=0.1, p_ref=0.1, unmasked_weight=0.0)  # pure ART·V: SD already denoises
+    # Pure ART·V: SD already denoises (no unmasked term) and the loss is not change-weighted.
+    c.objective = dict(s_max=0.2, p_text=0.1, p_ref=0.1, unmasked_weight=0.0, change_weight=0.0)
 
     c.train = ml_collections.ConfigDict(dict(
         num_steps=100_000, global_batch=256 if size == 256 else 128, learning_rate=2e-5, warmup_steps=1000,

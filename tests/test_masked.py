@@ -99,7 +99,7 @@ def test_mask_shape_is_checked():
 
 # ----------------------------------------------------------------- the loss
 
-def _numpy_loss(alphas_cumprod, prediction_type, pred, mask, x_t, t, x_ref, target, weight):
+def _numpy_loss(alphas_cumprod, prediction_type, pred, mask, x_t, t, x_ref, target, weight, pixel_weight=1.0):
     """Float64 reference through x0 space (a different route from the implementation)."""
     a = alphas_cumprod[t].astype(np.float64)[:, None, None, None]
     pred, mask, x_t, x_ref, target = (np.asarray(v, np.float64) for v in (pred, mask, x_t, x_ref, target))
@@ -110,8 +110,8 @@ def _numpy_loss(alphas_cumprod, prediction_type, pred, mask, x_t, t, x_ref, targ
     x0_hat = mask * x0_theta + (1 - mask) * x_ref
     eps_hat = (x_t - np.sqrt(a) * x0_hat) / np.sqrt(1 - a)
     out = eps_hat if prediction_type == "epsilon" else np.sqrt(a) * eps_hat - np.sqrt(1 - a) * x0_hat
-    per = ((out - target) ** 2).mean(axis=(1, 2, 3))
-    raw = ((pred - target) ** 2).mean(axis=(1, 2, 3))
+    per = (pixel_weight * (out - target) ** 2).mean(axis=(1, 2, 3))
+    raw = (pixel_weight * (pred - target) ** 2).mean(axis=(1, 2, 3))
     return (weight * per).mean(), (weight * raw).mean()
 
 
@@ -126,17 +126,57 @@ def test_loss(prediction_type):
     assert float(loss) == 0.0 and float(metrics["loss_raw"]) == 0.0 and float(metrics["mask_mean"]) == 1.0
 
     weight = np.linspace(0.5, 2.0, len(T)).astype(np.float32)
-    loss_fn = jax.jit(lambda *a: masked.masked_loss(s, *a))
-    for w in (None, weight):
-        loss, metrics = loss_fn(pred, mask, x_t, T, x_ref, target, w)
+    pixel_weight = np.random.default_rng(9).uniform(0.0, 5.0, mask.shape).astype(np.float32)
+    loss_fn = jax.jit(lambda *a: masked.masked_loss(s, *a[:-1], pixel_weight=a[-1]))
+    for w, pw in ((None, None), (weight, None), (weight, pixel_weight)):
+        loss, metrics = loss_fn(pred, mask, x_t, T, x_ref, target, w, pw)
         exp_loss, exp_raw = _numpy_loss(np.asarray(s.alphas_cumprod), prediction_type, pred, mask, x_t, T, x_ref,
-                                        target, np.ones(len(T)) if w is None else w)
+                                        target, np.ones(len(T)) if w is None else w, 1.0 if pw is None else pw)
         np.testing.assert_allclose(loss, exp_loss, rtol=1e-5)
         np.testing.assert_allclose(metrics["loss"], loss)
         np.testing.assert_allclose(metrics["loss_raw"], exp_raw, rtol=1e-5)
         np.testing.assert_allclose(metrics["mask_mean"], mask.mean(), rtol=1e-6)
     with pytest.raises(ValueError, match=r"weight must have shape \(6,\)"):
         masked.masked_loss(s, pred, mask, x_t, T, x_ref, target, np.ones(3))
+
+
+def test_pixel_weights_of_one_are_the_plain_loss():
+    s = _schedule("v_prediction")
+    x0, x_ref, noise, pred, mask = _batch(8)
+    x_t = s.add_noise(x0, noise, T)
+    target = s.training_target(x0, noise, T)
+    plain = masked.masked_loss(s, pred, mask, x_t, T, x_ref, target)[0]
+    ones = masked.masked_loss(s, pred, mask, x_t, T, x_ref, target, pixel_weight=np.ones_like(mask))[0]
+    np.testing.assert_allclose(ones, plain, rtol=1e-6)
+    with pytest.raises(ValueError, match="mask must have shape"):
+        masked.masked_loss(s, pred, mask, x_t, T, x_ref, target, pixel_weight=np.ones(mask.shape[:-1]))
+
+
+def test_change_weight_map():
+    """A square moving 1 px right changes two columns of pixels; the map marks their latent cells, only those."""
+    from artv_jax.data import shapes
+
+    s, b = 32, shapes.box_size(32)
+    ref = np.zeros((2, s, s, 3), np.uint8)
+    ref[:, 5:5 + b, 7:7 + b] = (230, 25, 25)
+    target = np.zeros_like(ref)
+    target[0, 5:5 + b, 8:8 + b] = (230, 25, 25)  # moved right by one pixel
+    target[1] = ref[1]  # not moved
+    target[1, 0, 0] = (5, 5, 5)  # below the threshold: not a change
+    weights = np.asarray(masked.change_weight_map(target, ref, factor=2, change_weight=4.0))
+    assert weights.shape == (2, 16, 16, 1)
+    changed = np.zeros((s, s), bool)
+    changed[5:5 + b, 7] = changed[5:5 + b, 7 + b] = True
+    cells = changed.reshape(16, 2, 16, 2).any(axis=(1, 3))
+    np.testing.assert_array_equal(weights[0, ..., 0], np.where(cells, 5.0, 1.0))
+    np.testing.assert_array_equal(weights[1], np.ones((16, 16, 1)))
+    np.testing.assert_array_equal(masked.change_weight_map(target, ref, 2, 0.0), np.ones((2, 16, 16, 1)))
+    with pytest.raises(ValueError, match="do not divide"):
+        masked.change_weight_map(target, ref, 3, 1.0)
+    with pytest.raises(ValueError, match="both be"):
+        masked.change_weight_map(target[:1], ref, 2, 1.0)
+    with pytest.raises(ValueError, match=">= 0"):
+        masked.change_weight_map(target, ref, 2, -1.0)
 
 
 def test_loss_gradients_are_finite():

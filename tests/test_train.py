@@ -167,7 +167,7 @@ def test_cli_trains_the_shapes_default_and_the_loss_falls(tmp_path):
     """`python -m artv_jax.train --config=configs/shapes.py` end to end, shortened; writes samples and scores."""
     workdir = tmp_path / "wd"
     cmd = [sys.executable, "-m", "artv_jax.train", "--config=configs/shapes.py", f"--workdir={workdir}",
-           "--config.train.num_steps=40", "--config.train.global_batch=8", "--config.train.warmup_steps=5",
+           "--config.train.num_steps=40", "--config.train.warmup_steps=5",
            "--config.log_every=5", "--config.checkpoint.every=20", "--config.eval.num_videos=2",
            "--config.eval.num_frames=3", "--config.eval.batch=2", "--config.eval.num_steps=2",
            "--config.sample.num_frames=3", "--config.sample.num_steps=2"]

@@ -34,3 +34,24 @@ def test_unmasked_weight_adds_the_plain_diffusion_loss():
     np.testing.assert_allclose(float(m1["loss_masked"]), float(loss0), rtol=1e-6)
     np.testing.assert_allclose(float(loss1), float(loss0) + 0.5 * float(m0["loss_raw"]), rtol=1e-6)
     assert float(m1["loss"]) == float(loss1)
+
+
+def test_change_weight_scales_the_loss_where_frames_changed():
+    """Random frames change in every latent cell: the loss is (1 + w) times the plain one; identical frames: 1 times."""
+    key = jax.random.PRNGKey(4)
+    config, comps, params, batch = _setup(unmasked_weight=1.0, p_ref=0.0, change_weight=0.0)
+    plain, _ = ts.loss_fn(comps, config, params, batch, key)
+    config.objective.change_weight = 3.0
+    weighted, _ = ts.loss_fn(comps, config, params, batch, key)
+    np.testing.assert_allclose(float(weighted), 4.0 * float(plain), rtol=1e-5)
+
+    still = {**batch, "target": batch["refs"][:, -1]}
+    config.objective.change_weight = 0.0
+    plain, _ = ts.loss_fn(comps, config, params, still, key)
+    config.objective.change_weight = 3.0
+    np.testing.assert_allclose(float(ts.loss_fn(comps, config, params, still, key)[0]), float(plain), rtol=1e-6)
+
+    config.objective.p_ref = 1.0  # text-only frames have no previous frame to change from: weight 1
+    dropped, _ = ts.loss_fn(comps, config, params, batch, key)
+    config.objective.change_weight = 0.0
+    np.testing.assert_allclose(float(dropped), float(ts.loss_fn(comps, config, params, batch, key)[0]), rtol=1e-6)

@@ -80,17 +80,20 @@ def blend_eps(schedule: NoiseSchedule, eps_theta, mask, x_t, t, x_ref) -> jax.Ar
     return mask * eps_theta + (1.0 - mask) * static_noise(schedule, x_t, x_ref, t)
 
 
-def masked_loss(schedule: NoiseSchedule, pred, mask, x_t, t, x_ref, target, weight=None
+def masked_loss(schedule: NoiseSchedule, pred, mask, x_t, t, x_ref, target, weight=None, pixel_weight=None
                 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """MSE between the blended prediction and the target, and metrics.
 
-        loss = mean_b w_b · mean_{h,w,c} (p̂ − target)²     (w_b = 1 without `weight`)
+        loss = mean_b w_b · mean_{h,w,c} w_bhw · (p̂ − target)²     (w = 1 where not given)
 
     Args:
       schedule, pred, mask, x_t, t, x_ref: as in `blend_prediction`.
       target: (B, H, W, C) `schedule.training_target(x0, noise, t)` (ε or v).
       weight: optional (B,) per-example weights (e.g. min-SNR); the mean is
         still over B, so weights of 1 give the plain mean.
+      pixel_weight: optional (B, H, W, 1) per-position weights (e.g.
+        `change_weight_map`), applied to every channel; the mean is still over
+        H, W, C, so weights of 1 give the plain mean.
 
     Returns:
       (loss, metrics): loss a float32 scalar; metrics "loss" (same), "loss_raw"
@@ -103,8 +106,9 @@ def masked_loss(schedule: NoiseSchedule, pred, mask, x_t, t, x_ref, target, weig
         raise ValueError(f"prediction shape {pred.shape} != target shape {target.shape}.")
     blended = blend_prediction(schedule, pred, mask, x_t, t, x_ref)
     axes = tuple(range(1, pred.ndim))
-    per_example = jnp.mean((blended - target) ** 2, axis=axes)
-    per_example_raw = jnp.mean((pred - target) ** 2, axis=axes)
+    w = 1.0 if pixel_weight is None else _check_mask(pixel_weight, pred)
+    per_example = jnp.mean(w * (blended - target) ** 2, axis=axes)
+    per_example_raw = jnp.mean(w * (pred - target) ** 2, axis=axes)
     if weight is not None:
         weight = jnp.asarray(weight, jnp.float32)
         if weight.shape != per_example.shape:
@@ -114,6 +118,38 @@ def masked_loss(schedule: NoiseSchedule, pred, mask, x_t, t, x_ref, target, weig
     metrics = {"loss": loss, "loss_raw": jnp.mean(per_example_raw),
                "mask_mean": jnp.mean(jnp.asarray(mask, jnp.float32))}
     return loss, metrics
+
+
+def change_weight_map(target_frames, ref_frames, factor: int, change_weight: float, threshold: int = 8
+                      ) -> jax.Array:
+    """Loss weights 1 + change_weight · [the frame changed there], on the latent grid: (B, H/f, W/f, 1).
+
+    A pixel has changed when any channel differs from the previous frame by
+    more than `threshold` (uint8 units); a latent position (an f x f pixel
+    cell) has changed when any of its pixels has. The changes between
+    consecutive frames are a few percent of the pixels (a 10-pixel square
+    moving 1 px changes 20 of 1024), so the plain MSE hardly sees the motion
+    it should learn; this weight makes it.
+
+    Args:
+      target_frames, ref_frames: (B, H, W, 3) uint8 (or integer) frames.
+      factor: the autoencoder's downsampling factor f (H and W divisible by it).
+      change_weight: the extra weight of a changed position (0: all ones).
+      threshold: per-channel difference, in 0..255, above which a pixel changed.
+    """
+    if change_weight < 0:
+        raise ValueError(f"change_weight must be >= 0, got {change_weight}.")
+    target_frames, ref_frames = jnp.asarray(target_frames), jnp.asarray(ref_frames)
+    if target_frames.shape != ref_frames.shape or target_frames.ndim != 4:
+        raise ValueError(f"target and reference frames must both be (B, H, W, C), got {target_frames.shape} "
+                         f"and {ref_frames.shape}.")
+    b, h, w, _ = target_frames.shape
+    if h % factor or w % factor:
+        raise ValueError(f"frames of {h}x{w} do not divide into {factor}x{factor} latent cells.")
+    diff = jnp.abs(target_frames.astype(jnp.int32) - ref_frames.astype(jnp.int32))
+    changed = jnp.max(diff, axis=-1) > threshold
+    changed = changed.reshape(b, h // factor, factor, w // factor, factor).any(axis=(2, 4))
+    return 1.0 + change_weight * changed[..., None].astype(jnp.float32)
 
 
 def _check_mask(mask, like) -> jax.Array:
