@@ -126,9 +126,9 @@ def loss_fn(components: Components, config, params: dict, batch: dict, key: jax.
     if obj.get("change_weight", 0.0):
         # Motion-weighted loss: positions where the frame changed since the reference count 1 + change_weight
         # times. Frames whose references are dropped (text-only) have no "previous frame" to change from.
-        pixel_weight = masked.change_weight_map(batch["target"], batch["refs"][:, -1],
-                                                components.autoencoder.factor, obj.change_weight)
-        pixel_weight = jnp.where(drop_ref[:, None, None, None], 1.0, pixel_weight)
+        pixel_weight = masked.apply_ref_drop(
+            masked.change_weight_map(batch["target"], batch["refs"][:, -1], components.autoencoder.factor,
+                                     obj.change_weight), drop_ref)
     loss, metrics = masked.masked_loss(schedule, pred, mask, x_t, t, x_ref, target, pixel_weight=pixel_weight)
     unmasked_weight = obj.get("unmasked_weight", 0.0)
     if unmasked_weight:

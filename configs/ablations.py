@@ -10,10 +10,10 @@ Each variant has the default's data, model size, steps and batch (the same
 training budget), so its scores compare with `configs/shapes.py`'s. The
 README's ablation table was measured on the previous default (UNet 64/96/128,
 1000 steps at batch 32, no change weight; commit e86615e): each run's
-`eval.json` (text-to-video) and the
-evaluation above (image-to-video drift over 64 frames; 12–14 minutes per
-run on a 2-core CPU shared with two trainings); drop the flags for all 144
-captions, both modes and 256-frame rollouts.
+`eval.json` (text-to-video) and the evaluation above (image-to-video drift
+over 64 frames; 12–14 minutes per run on a 2-core CPU shared with two
+trainings); drop the flags for all 144 captions, both modes and 256-frame
+rollouts.
 
 - no_mask:   m = 1 everywhere (plain diffusion conditioned on the references; no masked diffusion).
 - no_noise:  no noise augmentation of the references, in training (s_max = 0) and sampling (ref_level = 0).

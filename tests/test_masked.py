@@ -148,7 +148,7 @@ def test_pixel_weights_of_one_are_the_plain_loss():
     plain = masked.masked_loss(s, pred, mask, x_t, T, x_ref, target)[0]
     ones = masked.masked_loss(s, pred, mask, x_t, T, x_ref, target, pixel_weight=np.ones_like(mask))[0]
     np.testing.assert_allclose(ones, plain, rtol=1e-6)
-    with pytest.raises(ValueError, match="mask must have shape"):
+    with pytest.raises(ValueError, match="pixel_weight must have shape"):
         masked.masked_loss(s, pred, mask, x_t, T, x_ref, target, pixel_weight=np.ones(mask.shape[:-1]))
 
 

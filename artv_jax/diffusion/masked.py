@@ -106,7 +106,7 @@ def masked_loss(schedule: NoiseSchedule, pred, mask, x_t, t, x_ref, target, weig
         raise ValueError(f"prediction shape {pred.shape} != target shape {target.shape}.")
     blended = blend_prediction(schedule, pred, mask, x_t, t, x_ref)
     axes = tuple(range(1, pred.ndim))
-    w = 1.0 if pixel_weight is None else _check_mask(pixel_weight, pred)
+    w = 1.0 if pixel_weight is None else _check_mask(pixel_weight, pred, "pixel_weight")
     per_example = jnp.mean(w * (blended - target) ** 2, axis=axes)
     per_example_raw = jnp.mean(w * (pred - target) ** 2, axis=axes)
     if weight is not None:
@@ -152,12 +152,13 @@ def change_weight_map(target_frames, ref_frames, factor: int, change_weight: flo
     return 1.0 + change_weight * changed[..., None].astype(jnp.float32)
 
 
-def _check_mask(mask, like) -> jax.Array:
-    """The mask as float32, checked to be (B, H, W, 1) (or already like-shaped) against `like` (B, H, W, C)."""
+def _check_mask(mask, like, name: str = "mask") -> jax.Array:
+    """A per-position map (the mask, or loss weights) as float32, checked to be (B, H, W, 1) (or already
+    like-shaped) against `like` (B, H, W, C); errors call it `name`."""
     mask = jnp.asarray(mask, jnp.float32)
     shape = jnp.shape(like)
     if mask.ndim != len(shape) or mask.shape[:-1] != shape[:-1] or mask.shape[-1] not in (1, shape[-1]):
-        raise ValueError(f"mask must have shape {shape[:-1] + (1,)} for a prediction of shape {shape}, "
+        raise ValueError(f"{name} must have shape {shape[:-1] + (1,)} for a prediction of shape {shape}, "
                          f"got {mask.shape}.")
     return mask
 
@@ -236,7 +237,10 @@ def apply_text_drop(text, empty, drop_text) -> jax.Array:
 
 
 def apply_ref_drop(mask, drop_ref) -> jax.Array:
-    """The mask with m := 1 for examples whose references are dropped (mask (B, H, W, 1), drop_ref (B,) bool)."""
+    """The mask with m := 1 for examples whose references are dropped (mask (B, H, W, 1), drop_ref (B,) bool).
+
+    Also used for `change_weight_map`'s loss weights: 1 where there is no previous frame to change from.
+    """
     mask = jnp.asarray(mask, jnp.float32)
     drop_ref = jnp.asarray(drop_ref)
     return jnp.where(drop_ref.reshape(drop_ref.shape + (1,) * (mask.ndim - drop_ref.ndim)), 1.0, mask)
