@@ -11,12 +11,15 @@ import sys
 import textwrap
 import threading
 import time
+import types
 from pathlib import Path
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from artv_jax.data import pipeline, shapes
+from artv_jax.diffusion import sampling
 
 REPO = Path(__file__).resolve().parents[1]
 WORDS = {w: i + 1 for i, w in enumerate(shapes.VOCABULARY)}
@@ -56,27 +59,42 @@ def test_sample_tuple_fits_the_clip():
     seen = set()
     for _ in range(2000):
         i, s = pipeline.sample_tuple(16, 2, (1, 4), rng)
-        assert 1 <= s <= 4 and i - 2 * s >= 0 and i < 16
+        assert 1 <= s <= 4 and i - s >= 0 and i < 16
         seen.add((i, s))
-    assert {s for _, s in seen} == {1, 2, 3, 4} and max(i for i, _ in seen) == 15 and min(i for i, _ in seen) == 2
-    assert {s for _, s in (pipeline.sample_tuple(5, 2, (1, 8), rng) for _ in range(200))} == {1, 2}  # 2*2 <= 4
+    # Targets start at one stride: frame 1 (refs frame 0, frame 0) is trained, as the sampler starts with it.
+    assert {s for _, s in seen} == {1, 2, 3, 4} and max(i for i, _ in seen) == 15 and min(i for i, _ in seen) == 1
+    assert {s for _, s in (pipeline.sample_tuple(3, 2, (1, 8), rng) for _ in range(200))} == {1, 2}  # s <= 3 - 1
     with pytest.raises(ValueError, match="cannot hold"):
-        pipeline.sample_tuple(4, 2, (2, 3), rng)
+        pipeline.sample_tuple(3, 2, (3, 4), rng)
     with pytest.raises(ValueError, match="stride_range"):
         pipeline.sample_tuple(16, 1, (0, 2), rng)
+
+
+def test_reference_indices_repeat_frame_0_like_the_sampler():
+    assert pipeline.reference_indices(7, 2, 3) == [1, 3, 5]
+    assert pipeline.reference_indices(1, 1, 3) == [0, 0, 0]
+    assert pipeline.reference_indices(2, 1, 3) == [0, 0, 1]
+    # The sampler's first window for R = 3 after one given frame is that frame three times, then it shifts.
+    frames = jnp.arange(3.0)[:, None, None, None, None] * jnp.ones((3, 1, 2, 2, 1))
+    sampler = types.SimpleNamespace(model=types.SimpleNamespace(config=types.SimpleNamespace(num_ref_frames=3)))
+    window = sampling.initial_state(sampler, frames[:2]).window
+    np.testing.assert_array_equal(window[0, 0, 0], [0.0, 0.0, 1.0])  # = reference_indices(2, 1, 3)
 
 
 def test_training_tuple_takes_the_right_frames():
     video = np.arange(16, dtype=np.uint8)[:, None, None, None] * np.ones((1, 4, 4, 3), np.uint8)
     example = {"video": video, "caption": b"a red square moving up on a black background"}
-    for seed in range(20):
+    early = 0
+    for seed in range(40):
         rng = np.random.default_rng(seed)
         out = pipeline.training_tuple(example, rng=rng, num_ref_frames=2, stride_range=(1, 3), tokenize=tokenize)
         i, s = int(out["frame_index"]), int(out["stride"])
         assert (out["target"] == i).all() and (out["anchor"] == 0).all()
         assert out["refs"].shape == (2, 4, 4, 3)
-        assert [int(r[0, 0, 0]) for r in out["refs"]] == [i - 2 * s, i - s]
+        assert [int(r[0, 0, 0]) for r in out["refs"]] == [max(0, i - 2 * s), i - s]
+        early += i < 2 * s
         np.testing.assert_array_equal(out["tokens"], tokenize(example["caption"].decode()))
+    assert early > 0  # some targets have their oldest reference before frame 0, repeated frame 0
 
 
 def test_batches_are_seeded_and_cover_each_epoch():
@@ -104,7 +122,7 @@ def test_batch_content_is_the_clip():
         ex = shapes.generate_example("train", int(g), 32, 16)
         i, s = int(batch["frame_index"][j]), int(batch["stride"][j])
         np.testing.assert_array_equal(batch["target"][j], ex["video"][i])
-        np.testing.assert_array_equal(batch["refs"][j], ex["video"][[i - 2 * s, i - s]])
+        np.testing.assert_array_equal(batch["refs"][j], ex["video"][[max(0, i - 2 * s), i - s]])
         np.testing.assert_array_equal(batch["anchor"][j], ex["video"][0])
         np.testing.assert_array_equal(batch["tokens"][j], tokenize(ex["caption"]))
 

@@ -1,7 +1,8 @@
 """The input pipeline: host-sharded, seeded, resumable batches of ART·V training tuples.
 
 One training tuple, drawn from one clip with a random frame stride `s`:
-target frame `i`, its `R` previous frames `i - s*R, ..., i - s` (oldest first),
+target frame `i >= s`, its `R` previous frames `i - s*R, ..., i - s` (oldest
+first; those before frame 0 are frame 0, as in the sampler's first window),
 the clip's frame 0 (the anchor), and the caption's token ids. Text dropout is
 not done here (the train step does it).
 
@@ -148,23 +149,29 @@ def _process(process_index, process_count) -> tuple[int, int]:
 
 def sample_tuple(num_frames: int, num_ref_frames: int, stride_range: tuple[int, int],
                  rng: np.random.Generator) -> tuple[int, int]:
-    """(target index i, stride s) with `i - s*R >= 0`; s uniform over the feasible part of `stride_range`.
+    """(target index i, stride s) with `i - s >= 0`; s uniform over the feasible part of `stride_range`.
 
-    `i` is then uniform over `s*R .. num_frames-1`; the oldest reference may be
-    frame 0 itself, as when sampling frames 1..R of a new video.
+    `i` is then uniform over `s .. num_frames-1`. References that would fall
+    before frame 0 (`i - s*r < 0`, the first R-1 targets) are frame 0 repeated
+    (`reference_indices`), exactly the window the sampler starts a new video
+    with, so frames 1..R-1 of a sampled video are trained cases too.
     """
     lo, hi = stride_range
     if not 1 <= lo <= hi:
         raise ValueError(f"stride_range must be (lo, hi) with 1 <= lo <= hi, got {stride_range}")
     if num_ref_frames < 1:
         raise ValueError(f"num_ref_frames must be >= 1, got {num_ref_frames}")
-    hi = min(hi, (num_frames - 1) // num_ref_frames)
+    hi = min(hi, num_frames - 1)
     if hi < lo:
-        raise ValueError(f"a clip of {num_frames} frames cannot hold {num_ref_frames} reference frames and a target "
-                         f"at stride >= {lo}")
+        raise ValueError(f"a clip of {num_frames} frames cannot hold a reference frame and a target at stride >= {lo}")
     stride = int(rng.integers(lo, hi + 1))
-    target = int(rng.integers(stride * num_ref_frames, num_frames))
+    target = int(rng.integers(stride, num_frames))
     return target, stride
+
+
+def reference_indices(target: int, stride: int, num_ref_frames: int) -> list[int]:
+    """Frame indices of the R references of `target`, oldest first; those before frame 0 are frame 0."""
+    return [max(0, target - stride * r) for r in range(num_ref_frames, 0, -1)]
 
 
 def training_tuple(example: dict[str, Any], *, rng: np.random.Generator, num_ref_frames: int,
@@ -172,7 +179,7 @@ def training_tuple(example: dict[str, Any], *, rng: np.random.Generator, num_ref
     """One training tuple from one clip: target, refs (R, oldest first), anchor, tokens, stride, frame_index."""
     video = example["video"]
     i, s = sample_tuple(len(video), num_ref_frames, stride_range, rng)
-    frames = [_frame(video, k) for k in [0] + [i - s * r for r in range(num_ref_frames, 0, -1)] + [i]]
+    frames = [_frame(video, k) for k in [0] + reference_indices(i, s, num_ref_frames) + [i]]
     caption = example["caption"]
     tokens = np.asarray(tokenize(caption.decode("utf-8") if isinstance(caption, bytes) else caption))
     if tokens.ndim != 1 or tokens.dtype != np.int32:
