@@ -18,7 +18,8 @@ rollouts.
 - no_mask:   m = 1 everywhere (plain diffusion conditioned on the references; no masked diffusion).
 - no_noise:  no noise augmentation of the references, in training (s_max = 0) and sampling (ref_level = 0).
 - no_anchor: the adapter sees a zero anchor instead of frame 0 (no anchored conditioning).
-- r2:        two reference frames (R = 2) instead of one.
+- r2:        two reference frames (R = 2) instead of one. Since a9a3e71 its training includes frame 1
+             (references: frame 0 twice), as sampling does; the README's r2 row predates that.
 """
 
 from configs import shapes
