@@ -74,6 +74,7 @@ def test_reference_indices_repeat_frame_0_like_the_sampler():
     assert pipeline.reference_indices(7, 2, 3) == [1, 3, 5]
     assert pipeline.reference_indices(1, 1, 3) == [0, 0, 0]
     assert pipeline.reference_indices(2, 1, 3) == [0, 0, 1]
+    assert pipeline.reference_indices(5, 4, 2) == [1, 1]  # at stride 4 this video starts at frame 1
     # The sampler's first window for R = 3 after one given frame is that frame three times, then it shifts.
     frames = jnp.arange(3.0)[:, None, None, None, None] * jnp.ones((3, 1, 2, 2, 1))
     sampler = types.SimpleNamespace(model=types.SimpleNamespace(config=types.SimpleNamespace(num_ref_frames=3)))
@@ -91,10 +92,11 @@ def test_training_tuple_takes_the_right_frames():
         i, s = int(out["frame_index"]), int(out["stride"])
         assert (out["target"] == i).all() and (out["anchor"] == 0).all()
         assert out["refs"].shape == (2, 4, 4, 3)
-        assert [int(r[0, 0, 0]) for r in out["refs"]] == [max(0, i - 2 * s), i - s]
+        oldest = i - 2 * s if i >= 2 * s else i - s  # before the start: the first frame at stride s, repeated
+        assert [int(r[0, 0, 0]) for r in out["refs"]] == [oldest, i - s]
         early += i < 2 * s
         np.testing.assert_array_equal(out["tokens"], tokenize(example["caption"].decode()))
-    assert early > 0  # some targets have their oldest reference before frame 0, repeated frame 0
+    assert early > 0  # some targets have their oldest reference before the clip start
 
 
 def test_batches_are_seeded_and_cover_each_epoch():
@@ -122,7 +124,7 @@ def test_batch_content_is_the_clip():
         ex = shapes.generate_example("train", int(g), 32, 16)
         i, s = int(batch["frame_index"][j]), int(batch["stride"][j])
         np.testing.assert_array_equal(batch["target"][j], ex["video"][i])
-        np.testing.assert_array_equal(batch["refs"][j], ex["video"][[max(0, i - 2 * s), i - s]])
+        np.testing.assert_array_equal(batch["refs"][j], ex["video"][[i - 2 * s if i >= 2 * s else i - s, i - s]])
         np.testing.assert_array_equal(batch["anchor"][j], ex["video"][0])
         np.testing.assert_array_equal(batch["tokens"][j], tokenize(ex["caption"]))
 

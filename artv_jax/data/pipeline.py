@@ -2,7 +2,8 @@
 
 One training tuple, drawn from one clip with a random frame stride `s`:
 target frame `i >= s`, its `R` previous frames `i - s*R, ..., i - s` (oldest
-first; those before frame 0 are frame 0, as in the sampler's first window),
+first; those before the clip's start are its first frame at that stride,
+`i mod s`, repeated: the window the sampler starts a video with),
 the clip's frame 0 (the anchor), and the caption's token ids. Text dropout is
 not done here (the train step does it).
 
@@ -152,9 +153,10 @@ def sample_tuple(num_frames: int, num_ref_frames: int, stride_range: tuple[int, 
     """(target index i, stride s) with `i - s >= 0`; s uniform over the feasible part of `stride_range`.
 
     `i` is then uniform over `s .. num_frames-1`. References that would fall
-    before frame 0 (`i - s*r < 0`, the first R-1 targets) are frame 0 repeated
-    (`reference_indices`), exactly the window the sampler starts a new video
-    with, so frames 1..R-1 of a sampled video are trained cases too.
+    before the clip's start (`i - s*r < 0`) are the clip's first frame at that
+    stride repeated (`reference_indices`), exactly the window the sampler
+    starts a new video with, so frames 1..R-1 of a sampled video are trained
+    cases too.
     """
     lo, hi = stride_range
     if not 1 <= lo <= hi:
@@ -170,8 +172,13 @@ def sample_tuple(num_frames: int, num_ref_frames: int, stride_range: tuple[int, 
 
 
 def reference_indices(target: int, stride: int, num_ref_frames: int) -> list[int]:
-    """Frame indices of the R references of `target`, oldest first; those before frame 0 are frame 0."""
-    return [max(0, target - stride * r) for r in range(num_ref_frames, 0, -1)]
+    """Frame indices of the R references of `target`, oldest first.
+
+    `target - stride*r` where that is in the clip; before the clip's start, the
+    earliest frame of the same stride, `target mod stride`, repeated (frame 0
+    at stride 1).
+    """
+    return [target - stride * min(r, target // stride) for r in range(num_ref_frames, 0, -1)]
 
 
 def training_tuple(example: dict[str, Any], *, rng: np.random.Generator, num_ref_frames: int,
