@@ -24,6 +24,7 @@ from flax import traverse_util
 from artv_jax.components import Components
 from artv_jax.data.pipeline import to_model_range
 from artv_jax.diffusion import masked
+from artv_jax.diffusion.schedule import training_timesteps
 from artv_jax.models.artv import anchor_contexts
 
 
@@ -104,7 +105,7 @@ def loss_fn(components: Components, config, params: dict, batch: dict, key: jax.
     drop_text, drop_ref = masked.drop_conditioning(k_drop, obj.p_text, obj.p_ref, b)
     text = masked.apply_text_drop(text, empty, drop_text)
 
-    t = jax.random.randint(k_t, (b,), 0, schedule.num_train_timesteps)
+    t = training_timesteps(k_t, b, schedule.num_train_timesteps, obj.get("t_logit_normal"))
     noise = jax.random.normal(k_noise, x0.shape, jnp.float32)
     x_t = schedule.add_noise(x0, noise, t)
     if obj.s_max > 0:
