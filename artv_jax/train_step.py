@@ -130,6 +130,11 @@ def loss_fn(components: Components, config, params: dict, batch: dict, key: jax.
         pixel_weight = masked.apply_ref_drop(
             masked.change_weight_map(batch["target"], batch["refs"][:, -1], components.autoencoder.factor,
                                      obj.change_weight), drop_ref)
+    if obj.get("foreground_weight", 0.0):
+        # Object-weighted loss, for every frame including text-only ones: on a flat background the object is a
+        # tenth of the pixels, and its outline (the shape) a few percent of the plain MSE.
+        fg = masked.foreground_weight_map(batch["target"], components.autoencoder.factor, obj.foreground_weight)
+        pixel_weight = fg if pixel_weight is None else pixel_weight + (fg - 1.0)
     loss, metrics = masked.masked_loss(schedule, pred, mask, x_t, t, x_ref, target, pixel_weight=pixel_weight)
     unmasked_weight = obj.get("unmasked_weight", 0.0)
     if unmasked_weight:

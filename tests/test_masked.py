@@ -273,3 +273,29 @@ def test_apply_drops():
     np.testing.assert_array_equal(out[1], empty)
     np.testing.assert_array_equal(out[::2], text[::2])
     np.testing.assert_allclose(masked.mask_from_logits(jnp.array([0.0, 10.0])), [0.5, 1 / (1 + np.exp(-10))])
+
+
+def test_foreground_weight_map():
+    """The object's latent cells (and only those) get 1 + w, on any background; the background is the median colour."""
+    from artv_jax.data import shapes
+
+    s, b = 32, shapes.box_size(32)
+    frames = np.zeros((2, s, s, 3), np.uint8)
+    frames[1] = (128, 128, 128)
+    frames[0, 5:5 + b, 7:7 + b] = (230, 25, 25)
+    frames[1, 20:20 + b, 1:1 + b] = (0, 0, 0)  # darker than the background: foreground too
+    frames[1, 0, 31] = (133, 123, 128)  # within the threshold of the background
+    weights = np.asarray(masked.foreground_weight_map(frames, factor=2, foreground_weight=4.0))
+    assert weights.shape == (2, 16, 16, 1)
+    for i, (y, x) in enumerate([(5, 7), (20, 1)]):
+        obj = np.zeros((s, s), bool)
+        obj[y:y + b, x:x + b] = True
+        cells = obj.reshape(16, 2, 16, 2).any(axis=(1, 3))
+        np.testing.assert_array_equal(weights[i, ..., 0], np.where(cells, 5.0, 1.0))
+    np.testing.assert_array_equal(masked.foreground_weight_map(frames, 2, 0.0), np.ones((2, 16, 16, 1)))
+    with pytest.raises(ValueError, match="do not divide"):
+        masked.foreground_weight_map(frames, 3, 1.0)
+    with pytest.raises(ValueError, match=r"\(B, H, W, C\)"):
+        masked.foreground_weight_map(frames[0], 2, 1.0)
+    with pytest.raises(ValueError, match=">= 0"):
+        masked.foreground_weight_map(frames, 2, -1.0)

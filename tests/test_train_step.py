@@ -55,3 +55,25 @@ def test_change_weight_scales_the_loss_where_frames_changed():
     dropped, _ = ts.loss_fn(comps, config, params, batch, key)
     config.objective.change_weight = 0.0
     np.testing.assert_allclose(float(dropped), float(ts.loss_fn(comps, config, params, batch, key)[0]), rtol=1e-6)
+
+
+def test_foreground_weight_adds_to_the_change_weight_on_every_frame():
+    """Random frames are foreground in every cell: weight 1 + w_fg, text-only or not, and 1 + w_c + w_fg with a change
+    weight; a flat frame has no foreground: weight 1."""
+    key = jax.random.PRNGKey(5)
+    for p_ref in (0.0, 1.0):
+        config, comps, params, batch = _setup(unmasked_weight=1.0, p_ref=p_ref, change_weight=0.0, foreground_weight=0.0)
+        plain, _ = ts.loss_fn(comps, config, params, batch, key)
+        config.objective.foreground_weight = 2.0
+        np.testing.assert_allclose(float(ts.loss_fn(comps, config, params, batch, key)[0]), 3.0 * float(plain),
+                                   rtol=1e-5)
+        config.objective.change_weight = 3.0
+        both = 6.0 if p_ref == 0.0 else 3.0  # text-only frames have no change weight
+        np.testing.assert_allclose(float(ts.loss_fn(comps, config, params, batch, key)[0]), both * float(plain),
+                                   rtol=1e-5)
+
+    config, comps, params, batch = _setup(unmasked_weight=1.0, p_ref=1.0, change_weight=0.0, foreground_weight=0.0)
+    flat = {**batch, "target": np.full_like(batch["target"], 77)}
+    plain, _ = ts.loss_fn(comps, config, params, flat, key)
+    config.objective.foreground_weight = 2.0
+    np.testing.assert_allclose(float(ts.loss_fn(comps, config, params, flat, key)[0]), float(plain), rtol=1e-6)
