@@ -39,7 +39,7 @@ def test_unmasked_weight_adds_the_plain_diffusion_loss():
 def test_change_weight_scales_the_loss_where_frames_changed():
     """Random frames change in every latent cell: the loss is (1 + w) times the plain one; identical frames: 1 times."""
     key = jax.random.PRNGKey(4)
-    config, comps, params, batch = _setup(unmasked_weight=1.0, p_ref=0.0, change_weight=0.0)
+    config, comps, params, batch = _setup(unmasked_weight=1.0, p_ref=0.0, change_weight=0.0, foreground_weight=0.0)
     plain, _ = ts.loss_fn(comps, config, params, batch, key)
     config.objective.change_weight = 3.0
     weighted, _ = ts.loss_fn(comps, config, params, batch, key)
