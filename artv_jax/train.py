@@ -95,7 +95,8 @@ def make_iterator(config, comps, process_index=None, process_count=None) -> pipe
     return pipeline.TupleIterator(
         make_source(config, process_index, process_count), global_batch=config.train.global_batch,
         tokenize=comps.tokenize, num_ref_frames=comps.model.config.num_ref_frames,
-        stride_range=tuple(config.data.stride_range), seed=config.seed)
+        stride_range=tuple(config.data.stride_range), seed=config.seed,
+        start_fraction=config.data.get("start_fraction", 0.0))
 
 
 def train_and_evaluate(config, workdir: str) -> dict:

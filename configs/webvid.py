@@ -35,7 +35,7 @@ def get_config(variant: str = "256"):
 
     c.data = ml_collections.ConfigDict(dict(
         name="webvid", tfds_name=f"webvid/{size}", split="train", data_dir="", size=size, num_frames=16,
-        stride_range=(1, 3),
+        stride_range=(1, 3), start_fraction=0.0,  # > 0 oversamples the first step of a clip (configs/shapes.py)
     ))
 
     c.model = ml_collections.ConfigDict()

@@ -70,6 +70,21 @@ def test_sample_tuple_fits_the_clip():
         pipeline.sample_tuple(16, 1, (0, 2), rng)
 
 
+def test_start_fraction_oversamples_the_first_step():
+    draws = lambda f, seed: [pipeline.sample_tuple(16, 1, (1, 3), np.random.default_rng([seed, k]), f)
+                             for k in range(3000)]
+    # 0 draws nothing extra: the same tuples as a pipeline without the option.
+    assert draws(0.0, 1) == [pipeline.sample_tuple(16, 1, (1, 3), np.random.default_rng([1, k])) for k in range(3000)]
+    assert all(i == s for i, s in draws(1.0, 2))
+    # P(i = s) = f + (1 - f) / (16 - s), averaged over s uniform in 1..3.
+    uniform = np.mean([1 / (16 - s) for s in (1, 2, 3)])
+    for f in (0.0, 0.4):
+        got = np.mean([i == s for i, s in draws(f, 3)])
+        assert abs(got - (f + (1 - f) * uniform)) < 0.03, (f, got)
+    with pytest.raises(ValueError, match="start_fraction"):
+        pipeline.sample_tuple(16, 1, (1, 1), np.random.default_rng(0), 1.5)
+
+
 def test_reference_indices_repeat_frame_0_like_the_sampler():
     assert pipeline.reference_indices(7, 2, 3) == [1, 3, 5]
     assert pipeline.reference_indices(1, 1, 3) == [0, 0, 0]
@@ -127,6 +142,11 @@ def test_batch_content_is_the_clip():
         np.testing.assert_array_equal(batch["refs"][j], ex["video"][[i - 2 * s if i >= 2 * s else i - s, i - s]])
         np.testing.assert_array_equal(batch["anchor"][j], ex["video"][0])
         np.testing.assert_array_equal(batch["tokens"][j], tokenize(ex["caption"]))
+    with pipeline.TupleIterator(shard(), global_batch=4, tokenize=tokenize, stride_range=(1, 2), seed=0,
+                                start_fraction=1.0) as it:
+        batch = next(it)
+    np.testing.assert_array_equal(batch["frame_index"], batch["stride"])  # the first step of every clip
+    np.testing.assert_array_equal(batch["refs"][:, 0], batch["anchor"])
 
 
 @pytest.mark.parametrize("num_threads", [1, 3])

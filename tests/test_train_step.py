@@ -61,19 +61,17 @@ def test_foreground_weight_adds_to_the_change_weight_on_every_frame():
     """Random frames are foreground in every cell: weight 1 + w_fg, text-only or not, and 1 + w_c + w_fg with a change
     weight; a flat frame has no foreground: weight 1."""
     key = jax.random.PRNGKey(5)
-    for p_ref in (0.0, 1.0):
-        config, comps, params, batch = _setup(unmasked_weight=1.0, p_ref=p_ref, change_weight=0.0, foreground_weight=0.0)
-        plain, _ = ts.loss_fn(comps, config, params, batch, key)
-        config.objective.foreground_weight = 2.0
-        np.testing.assert_allclose(float(ts.loss_fn(comps, config, params, batch, key)[0]), 3.0 * float(plain),
-                                   rtol=1e-5)
-        config.objective.change_weight = 3.0
-        both = 6.0 if p_ref == 0.0 else 3.0  # text-only frames have no change weight
-        np.testing.assert_allclose(float(ts.loss_fn(comps, config, params, batch, key)[0]), both * float(plain),
-                                   rtol=1e-5)
+    config, comps, params, batch = _setup(unmasked_weight=1.0)
 
-    config, comps, params, batch = _setup(unmasked_weight=1.0, p_ref=1.0, change_weight=0.0, foreground_weight=0.0)
+    def loss(p_ref, change_weight, foreground_weight, frames=batch):
+        config.objective.update(p_ref=p_ref, change_weight=change_weight, foreground_weight=foreground_weight)
+        return float(ts.loss_fn(comps, config, params, frames, key)[0])
+
+    for p_ref in (0.0, 1.0):
+        plain = loss(p_ref, 0.0, 0.0)
+        np.testing.assert_allclose(loss(p_ref, 0.0, 2.0), 3.0 * plain, rtol=1e-5)
+        both = 6.0 if p_ref == 0.0 else 3.0  # text-only frames have no change weight
+        np.testing.assert_allclose(loss(p_ref, 3.0, 2.0), both * plain, rtol=1e-5)
+
     flat = {**batch, "target": np.full_like(batch["target"], 77)}
-    plain, _ = ts.loss_fn(comps, config, params, flat, key)
-    config.objective.foreground_weight = 2.0
-    np.testing.assert_allclose(float(ts.loss_fn(comps, config, params, flat, key)[0]), float(plain), rtol=1e-6)
+    np.testing.assert_allclose(loss(1.0, 0.0, 2.0, flat), loss(1.0, 0.0, 0.0, flat), rtol=1e-6)

@@ -30,7 +30,8 @@ exactly the batches the saved run would have produced next.
   `global_batch // P` examples are left; the rest wait for the next epoch's
   permutation.
 - Tuples: the stride and target of global example `g` in epoch `e` come from
-  `np.random.default_rng([seed, 1, e, g])`, independent of host count and batching.
+  `np.random.default_rng([seed, 1, e, g])`, independent of host count and batching;
+  `start_fraction` > 0 makes a share of them the clip's first step (`sample_tuple`).
 - Frames are delivered as uint8 (H, W, 3): a quarter of the host-to-device
   traffic of float32. Map them to [-1, 1] on device with `to_model_range`.
 - Batches are produced by a background thread into a bounded queue.
@@ -149,7 +150,7 @@ def _process(process_index, process_count) -> tuple[int, int]:
 
 
 def sample_tuple(num_frames: int, num_ref_frames: int, stride_range: tuple[int, int],
-                 rng: np.random.Generator) -> tuple[int, int]:
+                 rng: np.random.Generator, start_fraction: float = 0.0) -> tuple[int, int]:
     """(target index i, stride s) with `i - s >= 0`; s uniform over the feasible part of `stride_range`.
 
     `i` is then uniform over `s .. num_frames-1`. References that would fall
@@ -157,17 +158,29 @@ def sample_tuple(num_frames: int, num_ref_frames: int, stride_range: tuple[int, 
     stride repeated (`reference_indices`), exactly the window the sampler
     starts a new video with, so frames 1..R-1 of a sampled video are trained
     cases too.
+
+    `start_fraction`: the probability that `i = s` instead, the first step of
+    the clip, whose references and anchor are all frame 0. It is the step that
+    starts every sampled video, and the only one where the motion cannot be
+    read off the frames (later, reference minus anchor shows it): the text
+    alone says which way to go. Uniform `i` gives it `1 / (num_frames - s)`
+    of the tuples. With 0 (the default) no extra random number is drawn, so
+    the tuples are those of a pipeline without the option.
     """
     lo, hi = stride_range
     if not 1 <= lo <= hi:
         raise ValueError(f"stride_range must be (lo, hi) with 1 <= lo <= hi, got {stride_range}")
     if num_ref_frames < 1:
         raise ValueError(f"num_ref_frames must be >= 1, got {num_ref_frames}")
+    if not 0.0 <= start_fraction <= 1.0:
+        raise ValueError(f"start_fraction must be in [0, 1], got {start_fraction}")
     hi = min(hi, num_frames - 1)
     if hi < lo:
         raise ValueError(f"a clip of {num_frames} frames cannot hold a reference frame and a target at stride >= {lo}")
     stride = int(rng.integers(lo, hi + 1))
     target = int(rng.integers(stride, num_frames))
+    if start_fraction and rng.random() < start_fraction:
+        target = stride
     return target, stride
 
 
@@ -182,10 +195,11 @@ def reference_indices(target: int, stride: int, num_ref_frames: int) -> list[int
 
 
 def training_tuple(example: dict[str, Any], *, rng: np.random.Generator, num_ref_frames: int,
-                   stride_range: tuple[int, int], tokenize: Tokenize) -> dict[str, np.ndarray]:
+                   stride_range: tuple[int, int], tokenize: Tokenize,
+                   start_fraction: float = 0.0) -> dict[str, np.ndarray]:
     """One training tuple from one clip: target, refs (R, oldest first), anchor, tokens, stride, frame_index."""
     video = example["video"]
-    i, s = sample_tuple(len(video), num_ref_frames, stride_range, rng)
+    i, s = sample_tuple(len(video), num_ref_frames, stride_range, rng, start_fraction)
     frames = [_frame(video, k) for k in [0] + reference_indices(i, s, num_ref_frames) + [i]]
     caption = example["caption"]
     tokens = np.asarray(tokenize(caption.decode("utf-8") if isinstance(caption, bytes) else caption))
@@ -225,6 +239,7 @@ class _Sampler:
     stride_range: tuple[int, int]
     seed: int
     shuffle: bool
+    start_fraction: float = 0.0
 
     def order(self, epoch: int) -> np.ndarray:
         local = np.arange(len(self.shard))
@@ -235,7 +250,8 @@ class _Sampler:
     def example(self, g: int, epoch: int) -> dict[str, np.ndarray]:
         rng = np.random.default_rng([self.seed, 1, epoch, g])
         out = training_tuple(self.shard.read(g), rng=rng, num_ref_frames=self.num_ref_frames,
-                             stride_range=self.stride_range, tokenize=self.tokenize)
+                             stride_range=self.stride_range, tokenize=self.tokenize,
+                             start_fraction=self.start_fraction)
         out["example_id"] = np.int32(g)
         return out
 
@@ -266,14 +282,17 @@ class TupleIterator:
     def __init__(self, shard: HostShard, *, global_batch: int, tokenize: Tokenize, num_ref_frames: int = 1,
                  stride_range: tuple[int, int] = (1, 1), seed: int = 0, shuffle: bool = True,
                  num_epochs: int | None = None, prefetch: int = 2, num_threads: int = 1,
-                 state: dict[str, int] | None = None):
+                 state: dict[str, int] | None = None, start_fraction: float = 0.0):
         self._thread: threading.Thread | None = None
         self._pool = None
         self.batch_size = local_batch_size(global_batch, shard.process_count)
         self.steps_per_epoch = len(shard) // self.batch_size
         if self.steps_per_epoch == 0:
             raise ValueError(f"this host's {len(shard)} examples are fewer than its batch of {self.batch_size}")
-        self._sampler = _Sampler(shard, tokenize, self.batch_size, num_ref_frames, tuple(stride_range), seed, shuffle)
+        if not 0.0 <= start_fraction <= 1.0:
+            raise ValueError(f"start_fraction must be in [0, 1], got {start_fraction}")
+        self._sampler = _Sampler(shard, tokenize, self.batch_size, num_ref_frames, tuple(stride_range), seed, shuffle,
+                                 float(start_fraction))
         self._num_epochs, self._prefetch = num_epochs, max(1, prefetch)
         if num_threads > 1:
             self._pool = concurrent.futures.ThreadPoolExecutor(num_threads, "TupleIterator")

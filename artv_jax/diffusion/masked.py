@@ -143,13 +143,8 @@ def change_weight_map(target_frames, ref_frames, factor: int, change_weight: flo
     if target_frames.shape != ref_frames.shape or target_frames.ndim != 4:
         raise ValueError(f"target and reference frames must both be (B, H, W, C), got {target_frames.shape} "
                          f"and {ref_frames.shape}.")
-    b, h, w, _ = target_frames.shape
-    if h % factor or w % factor:
-        raise ValueError(f"frames of {h}x{w} do not divide into {factor}x{factor} latent cells.")
     diff = jnp.abs(target_frames.astype(jnp.int32) - ref_frames.astype(jnp.int32))
-    changed = jnp.max(diff, axis=-1) > threshold
-    changed = changed.reshape(b, h // factor, factor, w // factor, factor).any(axis=(2, 4))
-    return 1.0 + change_weight * changed[..., None].astype(jnp.float32)
+    return _cell_weights(jnp.max(diff, axis=-1) > threshold, factor, change_weight)
 
 
 def foreground_weight_map(frames, factor: int, foreground_weight: float, threshold: int = 8) -> jax.Array:
@@ -176,13 +171,19 @@ def foreground_weight_map(frames, factor: int, foreground_weight: float, thresho
     if frames.ndim != 4:
         raise ValueError(f"frames must be (B, H, W, C), got {frames.shape}.")
     b, h, w, c = frames.shape
-    if h % factor or w % factor:
-        raise ValueError(f"frames of {h}x{w} do not divide into {factor}x{factor} latent cells.")
     pixels = frames.astype(jnp.int32)
     background = jnp.median(pixels.reshape(b, h * w, c), axis=1)  # (B, C)
     foreground = jnp.max(jnp.abs(pixels - background[:, None, None, :].astype(jnp.int32)), axis=-1) > threshold
-    foreground = foreground.reshape(b, h // factor, factor, w // factor, factor).any(axis=(2, 4))
-    return 1.0 + foreground_weight * foreground[..., None].astype(jnp.float32)
+    return _cell_weights(foreground, factor, foreground_weight)
+
+
+def _cell_weights(pixel_mask, factor: int, weight: float) -> jax.Array:
+    """(B, H, W) bool pixels -> (B, H/f, W/f, 1) float32 weights 1 + weight · [any pixel of the f x f cell]."""
+    b, h, w = pixel_mask.shape
+    if h % factor or w % factor:
+        raise ValueError(f"frames of {h}x{w} do not divide into {factor}x{factor} latent cells.")
+    cells = pixel_mask.reshape(b, h // factor, factor, w // factor, factor).any(axis=(2, 4))
+    return 1.0 + weight * cells[..., None].astype(jnp.float32)
 
 
 def _check_mask(mask, like, name: str = "mask") -> jax.Array:
