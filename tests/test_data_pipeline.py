@@ -147,6 +147,8 @@ def test_batch_content_is_the_clip():
         batch = next(it)
     np.testing.assert_array_equal(batch["frame_index"], batch["stride"])  # the first step of every clip
     np.testing.assert_array_equal(batch["refs"][:, 0], batch["anchor"])
+    with pytest.raises(ValueError, match="start_fraction"):  # at construction, not at the first batch
+        pipeline.TupleIterator(shard(), global_batch=4, tokenize=tokenize, start_fraction=-0.1)
 
 
 @pytest.mark.parametrize("num_threads", [1, 3])

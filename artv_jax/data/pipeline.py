@@ -172,8 +172,7 @@ def sample_tuple(num_frames: int, num_ref_frames: int, stride_range: tuple[int, 
         raise ValueError(f"stride_range must be (lo, hi) with 1 <= lo <= hi, got {stride_range}")
     if num_ref_frames < 1:
         raise ValueError(f"num_ref_frames must be >= 1, got {num_ref_frames}")
-    if not 0.0 <= start_fraction <= 1.0:
-        raise ValueError(f"start_fraction must be in [0, 1], got {start_fraction}")
+    _check_start_fraction(start_fraction)
     hi = min(hi, num_frames - 1)
     if hi < lo:
         raise ValueError(f"a clip of {num_frames} frames cannot hold a reference frame and a target at stride >= {lo}")
@@ -182,6 +181,12 @@ def sample_tuple(num_frames: int, num_ref_frames: int, stride_range: tuple[int, 
     if start_fraction and rng.random() < start_fraction:
         target = stride
     return target, stride
+
+
+def _check_start_fraction(start_fraction: float) -> float:
+    if not 0.0 <= start_fraction <= 1.0:
+        raise ValueError(f"start_fraction must be in [0, 1], got {start_fraction}")
+    return float(start_fraction)
 
 
 def reference_indices(target: int, stride: int, num_ref_frames: int) -> list[int]:
@@ -289,10 +294,9 @@ class TupleIterator:
         self.steps_per_epoch = len(shard) // self.batch_size
         if self.steps_per_epoch == 0:
             raise ValueError(f"this host's {len(shard)} examples are fewer than its batch of {self.batch_size}")
-        if not 0.0 <= start_fraction <= 1.0:
-            raise ValueError(f"start_fraction must be in [0, 1], got {start_fraction}")
+        # Checked here too, so a bad value fails at construction rather than at the first batch.
         self._sampler = _Sampler(shard, tokenize, self.batch_size, num_ref_frames, tuple(stride_range), seed, shuffle,
-                                 float(start_fraction))
+                                 _check_start_fraction(start_fraction))
         self._num_epochs, self._prefetch = num_epochs, max(1, prefetch)
         if num_threads > 1:
             self._pool = concurrent.futures.ThreadPoolExecutor(num_threads, "TupleIterator")
