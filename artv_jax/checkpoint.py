@@ -7,7 +7,10 @@
 Each step directory holds three items: `state` (the `TrainState` pytree,
 restored straight into its shardings), `data` (the input iterator's position
 as JSON) and `config` (the run's config as JSON, so a checkpoint directory
-describes itself for sampling and export).
+describes itself for sampling and export). A model trained from scratch with
+frozen parts (the shapes default's text encoder) adds a fourth, `frozen`:
+those parameters exist nowhere else. Frozen parts of a pretrained model are
+not saved; they are read again from the model's directory.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import orbax.checkpoint as ocp
 
 from artv_jax import storage
 
-ITEMS = ("state", "data", "config")
+ITEMS = ("state", "data", "config", "frozen")
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -37,13 +40,17 @@ def make_manager(workdir: str, every: int, max_to_keep: int, async_save: bool = 
 
 
 def save(manager: ocp.CheckpointManager, step: int, state: Any, data_state: dict, config_dict: dict,
-         force: bool = False) -> bool:
-    """Saves if `step` is a save step (or `force`); returns whether a save started."""
-    return manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state),
-        data=ocp.args.JsonSave(data_state),
-        config=ocp.args.JsonSave(config_dict),
-    ), force=force)
+         frozen: Any = None, force: bool = False) -> bool:
+    """Saves if `step` is a save step (or `force`); returns whether a save started.
+
+    `frozen`: the parameters outside the train state that no file holds (a
+    scratch model's frozen parts), saved as the item `frozen`; None saves none.
+    """
+    items = dict(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state),
+                 config=ocp.args.JsonSave(config_dict))
+    if frozen is not None:
+        items["frozen"] = ocp.args.StandardSave(frozen)
+    return manager.save(step, args=ocp.args.Composite(**items), force=force)
 
 
 def abstract_like(tree: Any, shardings: Any) -> Any:
@@ -118,8 +125,28 @@ def load_numpy(workdir: str, step: int | None = None, items: tuple[str, ...] = (
     `"checkpoint_step"`. Under `jax.distributed` the restore is collective:
     every process must call it (orbax waits for all of them).
     """
-    import numpy as np
+    directory, step = _existing_step(workdir, step)
+    with _numpy_manager(directory) as manager:
+        metadata = manager.item_metadata(step)["state"]
+        tree = getattr(metadata, "tree", metadata)
+        missing = [k for k in items if k not in tree]
+        if missing:
+            raise KeyError(f"checkpoint step {step} has no {missing}; it holds {sorted(tree)}.")
+        state = _restore_numpy(manager, step, "state", {k: tree[k] for k in items})
+    return {**{k: state[k] for k in items}, "checkpoint_step": step}
 
+
+def load_frozen(workdir: str, step: int | None = None) -> dict:
+    """The saved `frozen` item (a scratch model's frozen parameters) as host NumPy; {} where the run saved none."""
+    directory, step = _existing_step(workdir, step)
+    if not storage.is_dir(storage.join(directory, str(step), "frozen")):
+        return {}
+    with _numpy_manager(directory) as manager:
+        metadata = manager.item_metadata(step)["frozen"]
+        return _restore_numpy(manager, step, "frozen", getattr(metadata, "tree", metadata))
+
+
+def _existing_step(workdir: str, step: int | None) -> tuple[str, int]:
     directory = checkpoint_dir(workdir)
     steps = _steps(directory)
     if not steps:
@@ -127,16 +154,20 @@ def load_numpy(workdir: str, step: int | None = None, items: tuple[str, ...] = (
     step = max(steps) if step is None else step
     if step not in steps:
         raise FileNotFoundError(f"no checkpoint for step {step} in {directory!r}; there are {sorted(steps)}.")
-    handlers = {"state": ocp.PyTreeCheckpointHandler(), "data": ocp.JsonCheckpointHandler(),
-                "config": ocp.JsonCheckpointHandler()}
-    with ocp.CheckpointManager(directory, item_handlers=handlers) as manager:
-        metadata = manager.item_metadata(step)["state"]
-        tree = getattr(metadata, "tree", metadata)
-        missing = [k for k in items if k not in tree]
-        if missing:
-            raise KeyError(f"checkpoint step {step} has no {missing}; it holds {sorted(tree)}.")
-        wanted = {k: tree[k] for k in items}
-        restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), wanted)
-        out = manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.PyTreeRestore(item=wanted, restore_args=restore_args, partial_restore=True)))
-    return {**{k: out["state"][k] for k in items}, "checkpoint_step": step}
+    return directory, step
+
+
+def _numpy_manager(directory: str) -> ocp.CheckpointManager:
+    handlers = {"state": ocp.PyTreeCheckpointHandler(), "frozen": ocp.PyTreeCheckpointHandler(),
+                "data": ocp.JsonCheckpointHandler(), "config": ocp.JsonCheckpointHandler()}
+    return ocp.CheckpointManager(directory, item_handlers=handlers)
+
+
+def _restore_numpy(manager: ocp.CheckpointManager, step: int, item: str, wanted: Any) -> Any:
+    """The subtree `wanted` (metadata leaves) of `item` as NumPy arrays on the host."""
+    import numpy as np
+
+    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), wanted)
+    out = manager.restore(step, args=ocp.args.Composite(**{
+        item: ocp.args.PyTreeRestore(item=wanted, restore_args=restore_args, partial_restore=True)}))
+    return out[item]

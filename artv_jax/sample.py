@@ -55,9 +55,16 @@ def load(workdir: str, step: int | None = None):
     config = ml_collections.ConfigDict(config_dict)
     comps, loaded = components_lib.build(config)
     saved = checkpoint.load_numpy(workdir, step, items=("ema_params",))
-    frozen = {}
-    if loaded is not None:
+    if loaded is not None:  # a pretrained base: its frozen parts come from its directory
         _, frozen = ts.split_params(loaded, tuple(config.train.trainable))
+    else:  # from scratch: the frozen parts (if any) were saved with the state
+        frozen = checkpoint.load_frozen(workdir, saved["checkpoint_step"])
+        groups = jax.eval_shape(comps.init, jax.random.PRNGKey(0))
+        missing = sorted(set(groups) - set(saved["ema_params"]) - set(frozen))
+        if missing:
+            raise UsageError(f"checkpoint step {saved['checkpoint_step']} in {workdir!r} holds no parameters for "
+                             f"{missing}: they were frozen (train.trainable={tuple(config.train.trainable)}) and "
+                             f"not saved.")
     return comps, ts.merge_params(saved["ema_params"], frozen), config
 
 

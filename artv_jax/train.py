@@ -153,6 +153,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
     ckpt = config.checkpoint
     manager = checkpoint.make_manager(workdir, ckpt.every, ckpt.max_to_keep, ckpt.get("async_save", True))
     config_dict = json.loads(config.to_json_best_effort())
+    # A scratch model's frozen parts (the shapes default's text encoder) exist only in memory: saved with the state.
+    frozen_to_save = frozen if loaded is None and jax.tree.leaves(frozen) else None
     if manager.latest_step() is not None:
         state, data_state = checkpoint.restore(manager, checkpoint.abstract_like(state_shapes, state_sh))
         iterator.set_state(data_state)
@@ -205,14 +207,14 @@ def train_and_evaluate(config, workdir: str) -> dict:
                 last_metrics = metrics
                 progress.set_postfix(loss=f"{metrics['loss']:.4f}", mask=f"{metrics['mask_mean']:.2f}")
             if is_save:
-                checkpoint.save(manager, step, state, iterator.get_state(), config_dict, force=True)
+                checkpoint.save(manager, step, state, iterator.get_state(), config_dict, frozen_to_save, force=True)
             if config.sample.every and step % config.sample.every == 0 and step < t_cfg.num_steps:
                 params = host_ema_params(state, frozen)
                 if is_main:
                     _write_samples(comps, params, config, workdir, sample_key, f"step_{step}")
             if stop.should_stop(step):
                 if not is_save:  # this step's checkpoint may already be written
-                    checkpoint.save(manager, step, state, iterator.get_state(), config_dict, force=True)
+                    checkpoint.save(manager, step, state, iterator.get_state(), config_dict, frozen_to_save, force=True)
                 manager.wait_until_finished()
                 log.info("preempted: saved step %d and stopped.", step)
                 return {"preempted_at": step, "start_step": start_step}

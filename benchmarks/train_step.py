@@ -6,7 +6,8 @@
 Two models:
 
 - tiny: the shapes default (`configs/shapes.py`): pixel space (32x32 frames as
-  16x16x12 patches), UNet + adapter + the 2-layer text encoder all trained.
+  16x16x12 patches), UNet + adapter + the 2-layer text encoder all trained (the
+  text encoder only while the config's `train.trainable` names "text", as it does).
 - sd: a small SD-like model (`configs/webvid.py` on a random diffusers SD
   directory written to a temporary folder): the 35M-parameter UNet of
   `benchmarks/unet_vs_diffusers.py` (SMALL_SD), an 8x VAE (32-64-64-64
@@ -101,7 +102,7 @@ def tiny_model():
         bos_token_id=0, eos_token_id=comps.tokenize.eos_token_id, pad_token_id=comps.tokenize.eos_token_id))
     patch = comps.autoencoder.patch
     return config, comps, params, dict(unet=unet, text=text, encode=lambda x: F.pixel_unshuffle(x, patch),
-                                       train_text=True)
+                                       train_text="text" in tuple(config.train.trainable))
 
 
 def write_tokenizer(path: str) -> None:

@@ -7,10 +7,12 @@ word-level tokenizer over the 18 words of the shapes captions and a 2-layer CLIP
 with the UNet and adapter; v-prediction; training timesteps drawn logit-normally around t = 300 rather
 than uniformly; the loss weights the 2x2 cells that changed since the previous frame 5x, and the cells of
 the object (not the background colour) 5x more. 3600 steps at batch 16: on a 2-core CPU the step compiles in
-50-90 s and runs at 0.34-0.54 s on a normal day (0.88 s on a slow one), so the run takes 21-32 minutes (53 on
+50-90 s and runs at 0.34-0.55 s on a normal day (0.88 s on a slow one), so the run takes 21-33 minutes (53 on
 the slow 2026-12-02); at the end it writes `samples/final.gif` and `eval.json` with the shapes-world scores.
 Measured (README, "The default run"): background and object colour 1.00, shape 0.79 (chance 0.33), the
-object moves at 1.04 px/frame (true: 1), initial direction 0.25 (chance 0.25: not learned in this budget).
+object moves at 1.04 px/frame (true: 1), initial direction 0.25 (chance 0.25: not learned in this budget;
+the trained text encoder collapses the direction words, and freezing it, train.trainable=("artv",), kept them
+apart but scored direction 0.31 and shape 0.62: README, "Why the direction is not learned").
 
 Quick check of the whole loop (a minute): --config.train.num_steps=20
 """
@@ -70,7 +72,7 @@ def get_config():
         num_steps=3600, global_batch=16, learning_rate=1e-3, warmup_steps=200, final_lr_fraction=0.1,
         weight_decay=0.0, grad_clip=1.0, ema_decay=0.998, grad_accum=1, remat=False,
         compute_dtype="float32",
-        trainable=("artv", "text"),
+        trainable=("artv", "text"),  # ("artv",) freezes the text encoder at init: shape 0.62, direction 0.31 (README)
     ))
 
     c.mesh = dict(shape=(-1, 1),
