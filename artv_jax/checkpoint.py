@@ -8,7 +8,7 @@ Each step directory holds three items: `state` (the `TrainState` pytree,
 restored straight into its shardings), `data` (the input iterator's position
 as JSON) and `config` (the run's config as JSON, so a checkpoint directory
 describes itself for sampling and export). A model trained from scratch with
-frozen parts (the shapes default's text encoder) adds a fourth, `frozen`:
+frozen parts (say a text encoder frozen at init) adds a fourth, `frozen`:
 those parameters exist nowhere else. Frozen parts of a pretrained model are
 not saved; they are read again from the model's directory.
 """

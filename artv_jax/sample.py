@@ -44,6 +44,7 @@ def load(workdir: str, step: int | None = None):
     its `checkpoints/` directory, or one step's directory.
     """
     import ml_collections
+    from flax import traverse_util
 
     from artv_jax import checkpoint, components as components_lib, storage
     from artv_jax import train_step as ts
@@ -59,12 +60,15 @@ def load(workdir: str, step: int | None = None):
         _, frozen = ts.split_params(loaded, tuple(config.train.trainable))
     else:  # from scratch: the frozen parts (if any) were saved with the state
         frozen = checkpoint.load_frozen(workdir, saved["checkpoint_step"])
-        groups = jax.eval_shape(comps.init, jax.random.PRNGKey(0))
-        missing = sorted(set(groups) - set(saved["ema_params"]) - set(frozen))
+        # the frozen part by the same rule as training, so a path such as "artv/adapter" is checked leaf by leaf
+        _, expected = ts.split_params(jax.eval_shape(comps.init, jax.random.PRNGKey(0)), tuple(config.train.trainable))
+        flat = lambda tree: traverse_util.flatten_dict(tree, sep="/")
+        missing = sorted(set(flat(expected)) - set(flat(frozen)))
         if missing:
+            groups = sorted({k.split("/")[0] for k in missing})
             raise UsageError(f"checkpoint step {saved['checkpoint_step']} in {workdir!r} holds no parameters for "
-                             f"{missing}: they were frozen (train.trainable={tuple(config.train.trainable)}) and "
-                             f"not saved.")
+                             f"{groups} ({len(missing)} arrays, e.g. {missing[0]!r}): they were frozen "
+                             f"(train.trainable={tuple(config.train.trainable)}) and not saved.")
     return comps, ts.merge_params(saved["ema_params"], frozen), config
 
 

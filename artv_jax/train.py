@@ -153,7 +153,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     ckpt = config.checkpoint
     manager = checkpoint.make_manager(workdir, ckpt.every, ckpt.max_to_keep, ckpt.get("async_save", True))
     config_dict = json.loads(config.to_json_best_effort())
-    # A scratch model's frozen parts (the shapes default's text encoder) exist only in memory: saved with the state.
+    # A scratch model's frozen parts (say a text encoder frozen at init) exist only in memory: saved with the state.
     frozen_to_save = frozen if loaded is None and jax.tree.leaves(frozen) else None
     if manager.latest_step() is not None:
         state, data_state = checkpoint.restore(manager, checkpoint.abstract_like(state_shapes, state_sh))
