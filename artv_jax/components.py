@@ -152,7 +152,9 @@ def build(config, dtype=jnp.float32) -> tuple[Components, dict | None]:
         down_block_types=tuple(unet["down_block_types"]), up_block_types=tuple(unet["up_block_types"]),
         layers_per_block=(unet["layers_per_block"],) * n, transformer_layers_per_block=(1,) * n,
         num_attention_heads=(unet["num_heads"],) * n, cross_attention_dim=(model_cfg.text.hidden_size,) * n,
-        norm_num_groups=unet["norm_num_groups"])
+        norm_num_groups=unet["norm_num_groups"], addition_embed_type=unet.get("addition_embed_type"),
+        addition_embed_type_num_heads=unet.get("addition_embed_type_num_heads", 64),
+        resnet_time_scale_shift=unet.get("resnet_time_scale_shift", "default"))
     components = Components(
         model=artv.ArtV(unet_config, artv_cfg, dtype, remat=config.train.get("remat", False)),
         schedule=schedule_from_config(config.schedule),

@@ -64,6 +64,8 @@ def param_logical_axes(path: tuple[str, ...], ndim: int) -> tuple[str, ...]:
         return ("in", "out")
     if leaf == "embedding" and ndim == 2:
         return ("vocab", "dim")
+    if leaf == "positional_embedding" and ndim == 2:  # the (1, D) query offset of the UNet's text pooling
+        return ("norm", "dim")
     if ndim == 1:
         return ("norm",)
     raise ValueError(f"no logical axes for parameter {'/'.join(path)} of rank {ndim}.")

@@ -54,6 +54,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from artv_jax import components as components_lib
+from artv_jax import export
 from artv_jax import train_step as ts
 from configs import shapes as shapes_config
 from configs import webvid as webvid_config
@@ -88,13 +89,9 @@ def tiny_model():
 
     torch.manual_seed(0)
     m = config.model
-    channels = comps.autoencoder.channels
-    unet = diffusers.UNet2DConditionModel(
-        sample_size=comps.latent_size, in_channels=channels, out_channels=channels + 1,
-        block_out_channels=tuple(m.unet["block_out_channels"]), down_block_types=tuple(m.unet["down_block_types"]),
-        up_block_types=tuple(m.unet["up_block_types"]), layers_per_block=m.unet["layers_per_block"],
-        attention_head_dim=m.unet["num_heads"],  # diffusers' legacy name: the number of heads
-        cross_attention_dim=m.text.hidden_size, norm_num_groups=m.unet["norm_num_groups"])
+    # The same architecture as ours, written as the export writes it (text pooling and scale-shift included).
+    unet = diffusers.UNet2DConditionModel.from_config(
+        {**export.unet_config_dict(comps.model.unet_config), "sample_size": comps.latent_size})
     text = transformers.CLIPTextModel(transformers.CLIPTextConfig(
         vocab_size=comps.tokenize.vocab_size, hidden_size=m.text.hidden_size,
         intermediate_size=4 * m.text.hidden_size, num_hidden_layers=m.text.num_layers,

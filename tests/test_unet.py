@@ -51,7 +51,22 @@ ODD = dict(
     mid_block_scale_factor=0.5,
     sample_size=9,
 )
-CONFIGS = {"sd1_like": SD1_LIKE, "sd2_like": SD2_LIKE, "odd_sizes_lists": ODD}
+# The shapes default's options: the pooled text joins the timestep embedding, which the ResNets apply as scale
+# and shift (the mid block's too).
+TEXT_SCALE_SHIFT = dict(
+    block_out_channels=(16, 32),
+    down_block_types=("CrossAttnDownBlock2D",) * 2,
+    up_block_types=("CrossAttnUpBlock2D",) * 2,
+    layers_per_block=1,
+    attention_head_dim=4,
+    cross_attention_dim=16,
+    norm_num_groups=8,
+    addition_embed_type="text",
+    addition_embed_type_num_heads=4,
+    resnet_time_scale_shift="scale_shift",
+    sample_size=8,
+)
+CONFIGS = {"sd1_like": SD1_LIKE, "sd2_like": SD2_LIKE, "odd_sizes_lists": ODD, "text_scale_shift": TEXT_SCALE_SHIFT}
 
 
 def save_unet(tmp_path, config, seed=0):
@@ -143,8 +158,12 @@ def test_remat_gives_same_output_and_gradients(tmp_path):
 def test_unsupported_config_values_raise_naming_the_key():
     with pytest.raises(NotImplementedError, match="class_embed_type='timestep'"):
         UNetConfig.from_diffusers({**SD1_LIKE, "class_embed_type": "timestep"})
-    with pytest.raises(NotImplementedError, match="resnet_time_scale_shift"):
-        UNetConfig.from_diffusers({**SD1_LIKE, "resnet_time_scale_shift": "scale_shift"})
+    with pytest.raises(NotImplementedError, match="resnet_time_scale_shift='ada_group'"):
+        UNetConfig.from_diffusers({**SD1_LIKE, "resnet_time_scale_shift": "ada_group"})
+    with pytest.raises(NotImplementedError, match="addition_embed_type='text_time'"):
+        UNetConfig.from_diffusers({**SD1_LIKE, "addition_embed_type": "text_time"})
+    with pytest.raises(ValueError, match="addition_embed_type_num_heads=64"):
+        UNetConfig.from_diffusers({**SD1_LIKE, "addition_embed_type": "text"})  # 32 wide text, 64 heads
     with pytest.raises(NotImplementedError, match="mystery_option"):
         UNetConfig.from_diffusers({**SD1_LIKE, "mystery_option": 3})
     with pytest.raises(NotImplementedError, match="AttnDownBlock2D"):
@@ -177,3 +196,27 @@ def test_strict_loading_names_every_offending_key(tmp_path):
     for key in ("conv_out.bias", "down_blocks.0.attentions.0.proj_in.weight", "down_blocks.0.extra.weight",
                 "time_embedding.linear_1.weight"):
         assert key in str(e)
+
+
+def test_text_scale_shift_config_exports_to_diffusers():
+    """Our config and parameters written the export's way load strictly into diffusers and compute the same
+    (diffusers' TextTimeEmbedding needs one cross_attention_dim, which the export writes for uniform lists)."""
+    from artv_jax import export
+    from artv_jax.models.unet import UNet2DConditionModel
+
+    config = UNetConfig.from_diffusers(TEXT_SCALE_SHIFT)
+    assert UNetConfig.from_diffusers(config.to_diffusers()) == config
+    sample, t, text = inputs(TEXT_SCALE_SHIFT)
+    module = UNet2DConditionModel(config)
+    x = jnp.asarray(sample.transpose(0, 2, 3, 1))
+    params = module.init(jax.random.PRNGKey(0), x, jnp.asarray(t), jnp.asarray(text))["params"]
+    params = jax.tree.map(lambda p: p + 0.1 * jax.random.normal(jax.random.PRNGKey(1), p.shape), params)  # no zeros
+    model = diffusers.UNet2DConditionModel.from_config(export.unet_config_dict(config)).eval()
+    state = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in weights.to_state_dict(params).items()}
+    model.load_state_dict(state, strict=True)
+    with torch.no_grad():
+        want = model(torch.from_numpy(sample), torch.from_numpy(t), torch.from_numpy(text)).sample.numpy()
+    got = np.asarray(module.apply({"params": params}, x, jnp.asarray(t), jnp.asarray(text))).transpose(0, 3, 1, 2)
+    err = np.abs(got - want).max() / max(1.0, np.abs(want).max())
+    print(f"text_scale_shift export: max |diff| / scale = {err:.2e}")
+    assert err <= 1e-4

@@ -56,9 +56,11 @@ class TimestepEmbedding(nn.Module):
 
 
 class ResnetBlock2D(nn.Module):
-    """diffusers' `ResnetBlock2D` with `time_embedding_norm="default"` and SiLU.
+    """diffusers' `ResnetBlock2D` with SiLU, its timestep embedding applied as `time_embedding_norm` says.
 
-    out = (shortcut(x) + conv2(silu(norm2(conv1(silu(norm1(x))) + proj(silu(temb)))))) / output_scale_factor
+    "default":     h = norm2(conv1(silu(norm1(x))) + proj(silu(temb)))
+    "scale_shift": h = norm2(conv1(silu(norm1(x)))) * (1 + scale) + shift,  (scale, shift) = proj(silu(temb))
+    out = (shortcut(x) + conv2(silu(h))) / output_scale_factor
     """
 
     out_channels: int
@@ -66,22 +68,71 @@ class ResnetBlock2D(nn.Module):
     eps: float = 1e-6
     output_scale_factor: float = 1.0
     dtype: Dtype = jnp.float32
+    time_embedding_norm: str = "default"
 
     @nn.compact
     def __call__(self, x: jax.Array, temb: jax.Array | None = None) -> jax.Array:
+        if self.time_embedding_norm not in ("default", "scale_shift"):
+            raise ValueError(f"time_embedding_norm must be 'default' or 'scale_shift', got {self.time_embedding_norm!r}.")
+        scale_shift = self.time_embedding_norm == "scale_shift"
         h = nn.silu(group_norm(self.groups, self.eps, self.dtype, "norm1")(x))
         h = conv(self.out_channels, 3, self.dtype, "conv1")(h)
+        if temb is None and scale_shift:
+            raise ValueError("a scale_shift ResnetBlock2D needs a timestep embedding.")
         if temb is not None:
-            temb = nn.Dense(self.out_channels, dtype=self.dtype, name="time_emb_proj")(nn.silu(temb))
-            h = h + temb[:, None, None, :]
-        h = nn.silu(group_norm(self.groups, self.eps, self.dtype, "norm2")(h))
-        h = conv(self.out_channels, 3, self.dtype, "conv2")(h)
+            temb = nn.Dense(self.out_channels * (2 if scale_shift else 1), dtype=self.dtype,
+                            name="time_emb_proj")(nn.silu(temb))[:, None, None, :]
+        if scale_shift:
+            scale, shift = jnp.split(temb, 2, axis=-1)
+            h = group_norm(self.groups, self.eps, self.dtype, "norm2")(h) * (1 + scale) + shift
+        else:
+            h = group_norm(self.groups, self.eps, self.dtype, "norm2")(h if temb is None else h + temb)
+        h = conv(self.out_channels, 3, self.dtype, "conv2")(nn.silu(h))
         if x.shape[-1] != self.out_channels:
             x = conv(self.out_channels, 1, self.dtype, "conv_shortcut")(x)
         out = x + h
         if self.output_scale_factor != 1.0:
             out = out / self.output_scale_factor
         return out
+
+
+class AttentionPooling(nn.Module):
+    """diffusers' `AttentionPooling`: a class token (the mean plus a learned vector) attends to itself and the
+    sequence; returns its (B, D) output, heads concatenated (no output projection)."""
+
+    num_heads: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        b, _, d = x.shape
+        if d % self.num_heads:
+            raise ValueError(f"attention pooling: width {d} is not divisible by {self.num_heads} heads.")
+        position = self.param("positional_embedding", lambda k, s: jax.random.normal(k, s) / math.sqrt(d), (1, d))
+        token = jnp.mean(x, axis=1, keepdims=True) + position.astype(x.dtype)
+        seq = jnp.concatenate([token, x], axis=1)
+        heads = lambda a: a.reshape(b, a.shape[1], self.num_heads, d // self.num_heads)
+        dense = lambda name: nn.Dense(d, dtype=self.dtype, name=name)
+        q, k, v = heads(dense("q_proj")(token)), heads(dense("k_proj")(seq)), heads(dense("v_proj")(seq))
+        logits = jnp.einsum("bqhc,bkhc->bhqk", q, k).astype(jnp.float32) / math.sqrt(d // self.num_heads)
+        weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+        return jnp.einsum("bhqk,bkhc->bqhc", weights, v).reshape(b, d)
+
+
+class TextTimeEmbedding(nn.Module):
+    """diffusers' `TextTimeEmbedding` (UNet `addition_embed_type="text"`): the text sequence pooled into a
+    vector the size of the timestep embedding, which the UNet adds to it: LayerNorm, pooling, Dense, LayerNorm."""
+
+    features: int
+    num_heads: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, text: jax.Array) -> jax.Array:
+        h = nn.LayerNorm(epsilon=1e-5, use_fast_variance=False, dtype=self.dtype, name="norm1")(text)
+        h = AttentionPooling(self.num_heads, self.dtype, name="pool")(h)
+        h = nn.Dense(self.features, dtype=self.dtype, name="proj")(h)
+        return nn.LayerNorm(epsilon=1e-5, use_fast_variance=False, dtype=self.dtype, name="norm2")(h)
 
 
 class Downsample2D(nn.Module):

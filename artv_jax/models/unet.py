@@ -24,6 +24,7 @@ from artv_jax.models.layers import (
     Downsample2D,
     Dtype,
     ResnetBlock2D,
+    TextTimeEmbedding,
     TimestepEmbedding,
     Upsample2D,
     conv,
@@ -76,6 +77,12 @@ class UNetConfig:
     conv_in_kernel: int = 3
     conv_out_kernel: int = 3
     sample_size: int | None = None
+    # A pooled text vector added to the timestep embedding ("text": diffusers' TextTimeEmbedding; None in SD).
+    addition_embed_type: str | None = None
+    addition_embed_type_num_heads: int = 64
+    # How the ResNets apply that embedding: "default" adds it; "scale_shift" scales and shifts the normalised
+    # features with it, a multiplicative conditioning (None and "default" in SD).
+    resnet_time_scale_shift: str = "default"
 
     def __post_init__(self):
         n = len(self.block_out_channels)
@@ -90,6 +97,19 @@ class UNetConfig:
         for i, (channels, heads) in enumerate(zip(self.block_out_channels, self.num_attention_heads)):
             if self.down_block_types[i].startswith("CrossAttn") and channels % heads:
                 raise ValueError(f"unet config: block {i} has {channels} channels, not divisible by {heads} heads.")
+        if self.addition_embed_type not in (None, "text"):
+            raise NotImplementedError(f"unet config: addition_embed_type={self.addition_embed_type!r} is not "
+                                      "implemented (None or 'text').")
+        if self.resnet_time_scale_shift not in ("default", "scale_shift"):
+            raise NotImplementedError(f"unet config: resnet_time_scale_shift={self.resnet_time_scale_shift!r} is not "
+                                      "implemented ('default' or 'scale_shift').")
+        if self.addition_embed_type == "text":
+            if len(set(self.cross_attention_dim)) != 1:
+                raise ValueError(f"unet config: addition_embed_type='text' pools the text, which needs one "
+                                 f"cross_attention_dim, got {self.cross_attention_dim}.")
+            if self.cross_attention_dim[0] % self.addition_embed_type_num_heads:
+                raise ValueError(f"unet config: cross_attention_dim {self.cross_attention_dim[0]} is not divisible by "
+                                 f"addition_embed_type_num_heads={self.addition_embed_type_num_heads}.")
 
     @property
     def time_embed_dim(self) -> int:
@@ -114,10 +134,8 @@ class UNetConfig:
             "encoder_hid_dim_type": lambda v: v is None,
             "dual_cross_attention": lambda v: not v,
             "class_embed_type": lambda v: v is None,
-            "addition_embed_type": lambda v: v is None,
             "addition_time_embed_dim": lambda v: v is None,
             "num_class_embeds": lambda v: v is None,
-            "resnet_time_scale_shift": lambda v: v == "default",
             "resnet_skip_time_act": lambda v: not v,
             "time_embedding_type": lambda v: v == "positional",
             "time_embedding_act_fn": lambda v: v is None,
@@ -129,7 +147,6 @@ class UNetConfig:
             "cross_attention_norm": lambda v: v is None,
             "reverse_transformer_layers_per_block": lambda v: v is None,
             "norm_num_groups": lambda v: v is not None,
-            "addition_embed_type_num_heads": lambda v: True,  # only read with addition_embed_type
         }
         fields = {f.name for f in dataclasses.fields(cls)}
         accepted = fields | set(known_defaults) | {"attention_head_dim"}
@@ -181,7 +198,7 @@ class CrossAttnDownBlock2D(nn.Module):
         skips = []
         for j in range(cfg.layers_per_block[i]):
             x = resnet_cls(channels, cfg.norm_num_groups, cfg.norm_eps, cfg.resnet_out_scale_factor, self.dtype,
-                           name=f"resnets_{j}")(x, temb)
+                           cfg.resnet_time_scale_shift, name=f"resnets_{j}")(x, temb)
             if has_attention:
                 extra = None if extra_contexts is None else extra_contexts[j * n_tl:(j + 1) * n_tl]
                 x = transformer_cls(cfg.num_attention_heads[i], n_tl, cfg.norm_num_groups, cfg.use_linear_projection,
@@ -221,7 +238,7 @@ class CrossAttnUpBlock2D(nn.Module):
         for j in range(cfg.layers_per_block[n - 1 - i] + 1):
             x = jnp.concatenate([x, skips.pop()], axis=-1)
             x = resnet_cls(channels, cfg.norm_num_groups, cfg.norm_eps, cfg.resnet_out_scale_factor, self.dtype,
-                           name=f"resnets_{j}")(x, temb)
+                           cfg.resnet_time_scale_shift, name=f"resnets_{j}")(x, temb)
             if has_attention:
                 extra = None if extra_contexts is None else extra_contexts[j * n_tl:(j + 1) * n_tl]
                 x = transformer_cls(heads, n_tl, cfg.norm_num_groups, cfg.use_linear_projection,
@@ -243,7 +260,7 @@ class UNetMidBlock2DCrossAttn(nn.Module):
         cfg = self.cfg
         channels = cfg.block_out_channels[-1]
         resnet = lambda name: ResnetBlock2D(channels, cfg.norm_num_groups, cfg.norm_eps, cfg.mid_block_scale_factor,
-                                            self.dtype, name=name)
+                                            self.dtype, cfg.resnet_time_scale_shift, name=name)
         x = resnet("resnets_0")(x, temb)
         x = Transformer2DModel(cfg.num_attention_heads[-1], cfg.transformer_layers_per_block[-1], cfg.norm_num_groups,
                                cfg.use_linear_projection, cfg.upcast_attention, self.dtype,
@@ -315,13 +332,16 @@ class UNet2DConditionModel(nn.Module):
 
         emb = timestep_embedding(timesteps, cfg.block_out_channels[0], cfg.flip_sin_to_cos, cfg.freq_shift)
         temb = TimestepEmbedding(cfg.time_embed_dim, self.dtype, name="time_embedding")(emb.astype(self.dtype))
+        context = encoder_hidden_states.astype(self.dtype)
+        if cfg.addition_embed_type == "text":  # the pooled text joins the timestep embedding
+            temb = temb + TextTimeEmbedding(cfg.time_embed_dim, cfg.addition_embed_type_num_heads, self.dtype,
+                                            name="add_embedding")(context)
 
         x = sample.astype(self.dtype)
         if cfg.center_input_sample:
             x = 2 * x - 1.0
         x = conv(cfg.block_out_channels[0], cfg.conv_in_kernel, self.dtype, "conv_in")(x)
         skips = [x]
-        context = encoder_hidden_states.astype(self.dtype)
         for i in range(n):
             residual = None
             if adapter_features is not None and i < len(adapter_features):
