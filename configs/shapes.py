@@ -2,18 +2,18 @@
 
     python -m artv_jax.train --config=configs/shapes.py --workdir=workdirs/shapes
 
-Pixel space (32x32 RGB folded into 16x16x12 patches, no learned autoencoder), 4.7M parameters in all (4.5M without the text pooling), a
-word-level tokenizer over the 18 words of the shapes captions and a 2-layer CLIP-style text encoder trained
-with the UNet and adapter; the UNet also pools the text into its timestep embedding, which its ResNets apply
-as a scale and shift (diffusers' addition_embed_type="text", resnet_time_scale_shift="scale_shift"; SD itself
-reads the text only through cross-attention); v-prediction; training timesteps drawn logit-normally around
-t = 300 rather than uniformly; the loss weights the 2x2 cells that changed since the previous frame 5x, and
-the cells of the object (not the background colour) 5x more. 3600 steps at batch 16: on a 2-core CPU the step
-compiles in 50-90 s and runs at 0.34-0.55 s on a normal day (0.88 s on a slow one): 28.7 minutes on
-2026-12-06; at the end it writes `samples/final.gif` and `eval.json` with the shapes-world scores.
-Measured (README, "The default run"): background and object colour 1.00, shape 0.83 (chance 0.33), the
-object moves at 0.95 px/frame (true: 1), frames right 0.45; initial direction 0.25 (chance 0.25: not learned
-in this budget; README, "Why the direction is not learned").
+Pixel space (32x32 RGB folded into 16x16x12 patches, no learned autoencoder), 4.7M parameters in all (4.5M
+without the text pooling), a word-level tokenizer over the 18 words of the shapes captions and a 2-layer
+CLIP-style text encoder trained with the UNet and adapter; the UNet also pools the text into its timestep
+embedding, which its ResNets apply as a scale and shift (diffusers' addition_embed_type="text",
+resnet_time_scale_shift="scale_shift"; SD itself reads the text only through cross-attention); v-prediction;
+training timesteps drawn logit-normally around t = 300 rather than uniformly; the loss weights the 2x2 cells
+that changed since the previous frame 5x, and the cells of the object (not the background colour) 5x more.
+3600 steps at batch 16: on a 2-core CPU the step compiles in 50-90 s and runs at 0.34-0.55 s on a normal day
+(0.88 s on a slow one): 28.7 minutes on 2026-12-06; at the end it writes `samples/final.gif` and `eval.json`
+with the shapes-world scores. Measured (README, "The default run"): background and object colour 1.00, shape
+0.83 (chance 0.33), the object moves at 0.95 px/frame (true: 1), frames right 0.45; initial direction 0.25
+(chance 0.25: not learned in this budget; README, "Why the direction is not learned").
 
 Quick check of the whole loop (a minute): --config.train.num_steps=20
 """

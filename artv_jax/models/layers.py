@@ -22,6 +22,11 @@ def group_norm(num_groups: int, eps: float, dtype: Dtype, name: str) -> nn.Group
     return nn.GroupNorm(num_groups=num_groups, epsilon=eps, use_fast_variance=False, dtype=dtype, name=name)
 
 
+def layer_norm(dtype: Dtype, name: str) -> nn.LayerNorm:
+    """torch-exact LayerNorm (eps 1e-5, two-pass variance)."""
+    return nn.LayerNorm(epsilon=1e-5, use_fast_variance=False, dtype=dtype, name=name)
+
+
 def conv(features: int, kernel: int, dtype: Dtype, name: str, stride: int = 1, padding: int | None = None) -> nn.Conv:
     """A 2-D convolution with torch's symmetric integer padding (default: 'same' for odd kernels)."""
     pad = (kernel - 1) // 2 if padding is None else padding
@@ -73,7 +78,8 @@ class ResnetBlock2D(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, temb: jax.Array | None = None) -> jax.Array:
         if self.time_embedding_norm not in ("default", "scale_shift"):
-            raise ValueError(f"time_embedding_norm must be 'default' or 'scale_shift', got {self.time_embedding_norm!r}.")
+            raise ValueError(f"time_embedding_norm must be 'default' or 'scale_shift', "
+                             f"got {self.time_embedding_norm!r}.")
         scale_shift = self.time_embedding_norm == "scale_shift"
         h = nn.silu(group_norm(self.groups, self.eps, self.dtype, "norm1")(x))
         h = conv(self.out_channels, 3, self.dtype, "conv1")(h)
@@ -105,18 +111,15 @@ class AttentionPooling(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        b, _, d = x.shape
+        d = x.shape[-1]
         if d % self.num_heads:
             raise ValueError(f"attention pooling: width {d} is not divisible by {self.num_heads} heads.")
         position = self.param("positional_embedding", lambda k, s: jax.random.normal(k, s) / math.sqrt(d), (1, d))
         token = jnp.mean(x, axis=1, keepdims=True) + position.astype(x.dtype)
         seq = jnp.concatenate([token, x], axis=1)
-        heads = lambda a: a.reshape(b, a.shape[1], self.num_heads, d // self.num_heads)
         dense = lambda name: nn.Dense(d, dtype=self.dtype, name=name)
-        q, k, v = heads(dense("q_proj")(token)), heads(dense("k_proj")(seq)), heads(dense("v_proj")(seq))
-        logits = jnp.einsum("bqhc,bkhc->bhqk", q, k).astype(jnp.float32) / math.sqrt(d // self.num_heads)
-        weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-        return jnp.einsum("bhqk,bkhc->bqhc", weights, v).reshape(b, d)
+        out = multihead_attention(dense("q_proj")(token), dense("k_proj")(seq), dense("v_proj")(seq), self.num_heads)
+        return out[:, 0]
 
 
 class TextTimeEmbedding(nn.Module):
@@ -129,10 +132,10 @@ class TextTimeEmbedding(nn.Module):
 
     @nn.compact
     def __call__(self, text: jax.Array) -> jax.Array:
-        h = nn.LayerNorm(epsilon=1e-5, use_fast_variance=False, dtype=self.dtype, name="norm1")(text)
+        h = layer_norm(self.dtype, "norm1")(text)
         h = AttentionPooling(self.num_heads, self.dtype, name="pool")(h)
         h = nn.Dense(self.features, dtype=self.dtype, name="proj")(h)
-        return nn.LayerNorm(epsilon=1e-5, use_fast_variance=False, dtype=self.dtype, name="norm2")(h)
+        return layer_norm(self.dtype, "norm2")(h)
 
 
 class Downsample2D(nn.Module):

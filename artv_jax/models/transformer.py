@@ -10,7 +10,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from artv_jax.models.layers import Attention, Dtype, conv, group_norm
+from artv_jax.models.layers import Attention, Dtype, conv, group_norm, layer_norm
 
 
 class GEGLU(nn.Module):
@@ -36,11 +36,6 @@ class FeedForward(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         h = GEGLU(self.dim * self.mult, self.dtype, name="net_0")(x)
         return nn.Dense(self.dim, dtype=self.dtype, name="net_2")(h)
-
-
-def layer_norm(dtype: Dtype, name: str) -> nn.LayerNorm:
-    """torch-exact LayerNorm (eps 1e-5, two-pass variance)."""
-    return nn.LayerNorm(epsilon=1e-5, use_fast_variance=False, dtype=dtype, name=name)
 
 
 class BasicTransformerBlock(nn.Module):
