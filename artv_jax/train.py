@@ -163,6 +163,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
     # --- The step: jitted with explicit shardings, compiled once up front.
     keys = ("target", "refs", "anchor", "tokens")
+    if config.objective.get("start_t_logit_normal"):
+        keys += ("frame_index", "stride")  # the loss finds the clips' first steps by them
     batch_shapes = {k: jax.ShapeDtypeStruct((t_cfg.global_batch, *v.shape[1:]), v.dtype, sharding=batch_sharding)
                     for k, v in _example_batch(iterator, keys).items()}
     step_fn = jax.jit(

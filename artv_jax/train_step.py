@@ -81,11 +81,44 @@ def latents_of(components: Components, params: dict, frames_uint8) -> jax.Array:
     return jax.lax.stop_gradient(components.autoencoder.encode(params.get("vae"), frames))
 
 
+def first_step(batch: dict) -> jax.Array:
+    """(B,) bool: the tuple is its clip's first step (target one stride after frame 0, every reference frame 0).
+
+    Needs the pipeline's `frame_index` and `stride` (`pipeline.training_tuple`).
+    """
+    missing = [k for k in ("frame_index", "stride") if k not in batch]
+    if missing:
+        raise ValueError(f"objective.start_t_logit_normal needs the batch's {missing} (the tuple pipeline's keys); "
+                         f"the batch has {sorted(batch)}.")
+    return jnp.asarray(batch["frame_index"]) == jnp.asarray(batch["stride"])
+
+
+def tuple_timesteps(key, batch: dict, num_train_timesteps: int, objective, drop_ref=None) -> jax.Array:
+    """(B,) int32 training timesteps: `objective.t_logit_normal` (() or absent: uniform) for every tuple, except
+    that with `objective.start_t_logit_normal` the clips' first steps draw theirs from that density instead
+    (not those whose references are dropped, `drop_ref` (B,) bool: they are text-only frames).
+
+    The first step is the one where only the text says which way the object
+    moves. Below high noise x_t itself shows where the object went, and a model
+    trained there learns to read x_t rather than the words; at the noise levels
+    where x_t shows nothing, the words are the only way to lower the loss.
+    """
+    b = batch["target"].shape[0]
+    t = training_timesteps(key, b, num_train_timesteps, objective.get("t_logit_normal"))
+    start = objective.get("start_t_logit_normal")
+    if not start:
+        return t
+    t_start = training_timesteps(jax.random.fold_in(key, 1), b, num_train_timesteps, start)
+    use_start = first_step(batch) if drop_ref is None else first_step(batch) & ~jnp.asarray(drop_ref)
+    return jnp.where(use_start, t_start, t)
+
+
 def loss_fn(components: Components, config, params: dict, batch: dict, key: jax.Array):
     """The masked-diffusion loss of one (micro)batch and its metrics.
 
     batch: target (B, H, W, 3), refs (B, R, H, W, 3), anchor (B, H, W, 3) uint8;
-    tokens (B, L) int32.
+    tokens (B, L) int32; frame_index and stride (B,) int32 where `objective.start_t_logit_normal` is set
+    (`tuple_timesteps`).
     """
     obj = config.objective
     model, schedule = components.model, components.schedule
@@ -105,7 +138,8 @@ def loss_fn(components: Components, config, params: dict, batch: dict, key: jax.
     drop_text, drop_ref = masked.drop_conditioning(k_drop, obj.p_text, obj.p_ref, b)
     text = masked.apply_text_drop(text, empty, drop_text)
 
-    t = training_timesteps(k_t, b, schedule.num_train_timesteps, obj.get("t_logit_normal"))
+    t = tuple_timesteps(k_t, batch, schedule.num_train_timesteps, obj, drop_ref)
+
     noise = jax.random.normal(k_noise, x0.shape, jnp.float32)
     x_t = schedule.add_noise(x0, noise, t)
     if obj.s_max > 0:

@@ -47,9 +47,10 @@ def get_config(variant: str = "256"):
 
     # Pure ART·V: SD already denoises (no unmasked term) and the loss is not change- or foreground-weighted (the
     # foreground weight assumes a flat background). Timesteps uniform (t_logit_normal=(): SD's own training);
-    # "(loc, scale)" draws them logit-normally (README, "Training at scale").
+    # "(loc, scale)" draws them logit-normally (README, "Training at scale"); start_t_logit_normal, the same for
+    # a clip's first steps only (configs/shapes.py: there it teaches the captioned direction).
     c.objective = dict(s_max=0.2, p_text=0.1, p_ref=0.1, unmasked_weight=0.0, change_weight=0.0,
-                       foreground_weight=0.0, t_logit_normal=())
+                       foreground_weight=0.0, t_logit_normal=(), start_t_logit_normal=())
 
     c.train = ml_collections.ConfigDict(dict(
         num_steps=100_000, global_batch=256 if size == 256 else 128, learning_rate=2e-5, warmup_steps=1000,

@@ -166,7 +166,7 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_pa
 def test_cli_trains_the_shapes_default_and_the_loss_falls(tmp_path):
     """`python -m artv_jax.train --config=configs/shapes.py` end to end, shortened; writes samples and scores.
 
-    The text encoder is frozen here (the default trains it): a scratch model's frozen parts must be saved.
+    The text encoder is frozen, as the default freezes it: a scratch model's frozen parts must be saved.
     """
     workdir = tmp_path / "wd"
     cmd = [sys.executable, "-m", "artv_jax.train", "--config=configs/shapes.py", f"--workdir={workdir}",

@@ -27,6 +27,7 @@ def tiny_config(num_steps: int, checkpoint_every: int, global_batch: int = 8, me
                         norm_num_groups=8, addition_embed_type="text", addition_embed_type_num_heads=2,
                         resnet_time_scale_shift="scale_shift")  # the default's text pooling and scale-shift ResNets
     c.model.text = dict(hidden_size=32, num_layers=1, num_heads=2, max_length=12)
+    c.train.trainable = ("artv", "text")  # the default freezes the encoder; these runs cover training it too
     c.train.num_steps = num_steps
     c.train.global_batch = global_batch
     c.train.warmup_steps = 2
