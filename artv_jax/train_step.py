@@ -109,7 +109,9 @@ def tuple_timesteps(key, batch: dict, num_train_timesteps: int, objective, drop_
     if not start:
         return t
     t_start = training_timesteps(jax.random.fold_in(key, 1), b, num_train_timesteps, start)
-    use_start = first_step(batch) if drop_ref is None else first_step(batch) & ~jnp.asarray(drop_ref)
+    use_start = first_step(batch)
+    if drop_ref is not None:
+        use_start = use_start & ~jnp.asarray(drop_ref)
     return jnp.where(use_start, t_start, t)
 
 
@@ -139,7 +141,6 @@ def loss_fn(components: Components, config, params: dict, batch: dict, key: jax.
     text = masked.apply_text_drop(text, empty, drop_text)
 
     t = tuple_timesteps(k_t, batch, schedule.num_train_timesteps, obj, drop_ref)
-
     noise = jax.random.normal(k_noise, x0.shape, jnp.float32)
     x_t = schedule.add_noise(x0, noise, t)
     if obj.s_max > 0:

@@ -73,12 +73,12 @@ def get_config():
     c.objective = dict(s_max=0.1, p_text=0.1, p_ref=0.3, unmasked_weight=1.0, change_weight=4.0,
                        foreground_weight=4.0, t_logit_normal=(-0.85, 1.2),
                        start_t_logit_normal=(3.0, 0.8))
-    # start_t_logit_normal: the first steps' own timesteps (those with references), t = 1000 * sigmoid(3 + 0.8 n),
-    # median 953. Below t ~ 600 the noisy frame shows which way the object went and the model learns to read
-    # that instead of the caption; near pure noise only the caption can say it. Without it direction 0.25.
     # t_logit_normal: t = 1000 * sigmoid(-0.85 + 1.2 n), median 300: 38% of the steps on t 200-450 (uniform: 25%),
     # the noise levels where sampling decides the object's outline. Against uniform t, same seed and steps:
     # shape 0.35 / 0.31, frames right 0.27 / 0.21, colour distance 23 / 30, speed 1.24 / 0.99 (README).
+    # start_t_logit_normal: the first steps' own timesteps (those with references), t = 1000 * sigmoid(3 + 0.8 n),
+    # median 953. Below t ~ 600 the noisy frame shows which way the object went and the model learns to read
+    # that instead of the caption; near pure noise only the caption can say it. Without it direction 0.25.
 
     c.train = ml_collections.ConfigDict(dict(
         num_steps=3600, global_batch=16, learning_rate=1e-3, warmup_steps=200, final_lr_fraction=0.1,
