@@ -22,7 +22,6 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
-from artv_jax.data import shapes
 from artv_jax.diffusion.schedule import NoiseSchedule
 from artv_jax.models import artv
 from artv_jax.models.clip_text import CLIPTextConfig, CLIPTextModel
@@ -116,17 +115,18 @@ def schedule_from_config(config) -> NoiseSchedule:
 
 
 def build(config, dtype=jnp.float32) -> tuple[Components, dict | None]:
-    """The components of a config, and the loaded parameters (None for scratch models: use `init`)."""
+    """The components of a validated config (`artv_jax.config.validate`), and the loaded parameters (None for
+    scratch models: use `init`)."""
     model_cfg = config.model
     artv_cfg = artv.ArtVConfig(**dict(model_cfg.artv))
-    if model_cfg.get("pretrained"):
+    if model_cfg.pretrained:
         from artv_jax import pretrained
 
         sd = pretrained.load_stable_diffusion(model_cfg.pretrained)
         model, artv_params = artv.build_from_unet(sd.unet, sd.unet_params, artv_cfg, jax.random.PRNGKey(config.seed),
                                                   dtype=dtype)
         components = Components(
-            model=model.clone(remat=config.train.get("remat", False)),
+            model=model.clone(remat=config.train.remat),
             schedule=NoiseSchedule.from_config(sd.scheduler_config),
             text_encoder=sd.text_encoder.clone(dtype=dtype),
             tokenize=_clip_tokenize(sd.tokenizer),
@@ -135,28 +135,28 @@ def build(config, dtype=jnp.float32) -> tuple[Components, dict | None]:
         )
         return components, {"artv": artv_params, "text": sd.text_encoder_params, "vae": sd.vae_params}
 
-    if model_cfg.get("autoencoder", "pixels") != "pixels":
+    if model_cfg.autoencoder != "pixels":
         raise ValueError(f"scratch models run in pixel space; model.autoencoder={model_cfg.autoencoder!r}.")
-    autoencoder = PixelSpace(model_cfg.get("patch", 1))
-    tokenize = WordTokenizer(tuple(shapes.VOCABULARY), max_length=model_cfg.text.max_length)
+    autoencoder = PixelSpace(model_cfg.patch)
+    tokenize = WordTokenizer(tuple(model_cfg.text.vocabulary), max_length=model_cfg.text.max_length)
     text_config = CLIPTextConfig(
         vocab_size=tokenize.vocab_size, hidden_size=model_cfg.text.hidden_size,
         intermediate_size=4 * model_cfg.text.hidden_size, num_hidden_layers=model_cfg.text.num_layers,
         num_attention_heads=model_cfg.text.num_heads, max_position_embeddings=model_cfg.text.max_length,
         hidden_act="quick_gelu", eos_token_id=tokenize.eos_token_id)
-    unet = dict(model_cfg.unet)
-    n = len(unet["block_out_channels"])
+    unet = model_cfg.unet
+    n = len(unet.block_out_channels)
     unet_config = UNetConfig(
         in_channels=autoencoder.channels, out_channels=autoencoder.channels + 1,
-        block_out_channels=tuple(unet["block_out_channels"]),
-        down_block_types=tuple(unet["down_block_types"]), up_block_types=tuple(unet["up_block_types"]),
-        layers_per_block=(unet["layers_per_block"],) * n, transformer_layers_per_block=(1,) * n,
-        num_attention_heads=(unet["num_heads"],) * n, cross_attention_dim=(model_cfg.text.hidden_size,) * n,
-        norm_num_groups=unet["norm_num_groups"], addition_embed_type=unet.get("addition_embed_type"),
-        addition_embed_type_num_heads=unet.get("addition_embed_type_num_heads", 64),
-        resnet_time_scale_shift=unet.get("resnet_time_scale_shift", "default"))
+        block_out_channels=tuple(unet.block_out_channels),
+        down_block_types=tuple(unet.down_block_types), up_block_types=tuple(unet.up_block_types),
+        layers_per_block=(unet.layers_per_block,) * n, transformer_layers_per_block=(1,) * n,
+        num_attention_heads=(unet.num_heads,) * n, cross_attention_dim=(model_cfg.text.hidden_size,) * n,
+        norm_num_groups=unet.norm_num_groups, addition_embed_type=unet.addition_embed_type or None,
+        addition_embed_type_num_heads=unet.addition_embed_type_num_heads,
+        resnet_time_scale_shift=unet.resnet_time_scale_shift)
     components = Components(
-        model=artv.ArtV(unet_config, artv_cfg, dtype, remat=config.train.get("remat", False)),
+        model=artv.ArtV(unet_config, artv_cfg, dtype, remat=config.train.remat),
         schedule=schedule_from_config(config.schedule),
         text_encoder=CLIPTextModel(text_config, dtype=dtype),
         tokenize=tokenize,

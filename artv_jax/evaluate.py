@@ -4,7 +4,8 @@ For each caption of the shapes world (all 144 by default) it generates a
 text-to-video and an image-to-video rollout (the first frame rendered exactly
 from the caption and a start position), reads background, object colour,
 shape, motion direction, speed and object count off every frame
-(`artv_jax.data.shapes_score`), and measures how they drift over the rollout.
+(`artv_jax.metrics.shapes_score`), and measures how they drift over the rollout.
+`text_to_video_scores` is the shorter protocol training ends with (`eval.json`).
 
     python -m artv_jax.evaluate --workdir=workdirs/shapes                       # 144 captions, 16/64/256 frames
     python -m artv_jax.evaluate --workdir=W --captions=24 --lengths=16,64 --steps=10   # a quicker look
@@ -17,14 +18,14 @@ and colour distance against frame index) and `samples.png` (a contact sheet).
 from __future__ import annotations
 
 import json
-import sys
 import time
 
 import jax
 import numpy as np
 
-from artv_jax import storage
-from artv_jax.data import shapes, shapes_score
+from artv_jax import runs, storage
+from artv_jax.data import shapes
+from artv_jax.metrics import shapes_score
 
 MODES = ("t2v", "i2v")
 CURVES = ("frame_ok", "colour_distance", "area_error", "one_object")
@@ -64,19 +65,15 @@ def eval_cases(num_captions: int, size: int) -> list[dict]:
 
 
 def rollouts(comps, params, sampler, cases, mode: str, num_frames: int, batch: int, key) -> np.ndarray:
-    """uint8 (N, num_frames, S, S, 3): one rollout per case."""
+    """uint8 (N, num_frames, S, S, 3): one rollout per case, `batch` at a time (`generate.generate_batches`)."""
     from artv_jax import generate
 
-    videos = []
-    for start in range(0, len(cases), batch):
-        chunk = cases[start:start + batch]
-        first = None
-        if mode == "i2v":
-            first = np.stack([shapes.render_video(c["background"], c["colour"], c["shape"], c["direction"], c["x"],
-                                                  c["y"], size=comps.frame_size, num_frames=1) for c in chunk])
-        videos.append(generate.generate(comps, params, sampler, [c["caption"] for c in chunk], num_frames,
-                                        jax.random.fold_in(key, start), first_frames=first, progress=True))
-    return np.concatenate(videos)
+    first = None
+    if mode == "i2v":
+        first = np.stack([shapes.render_video(c["background"], c["colour"], c["shape"], c["direction"], c["x"], c["y"],
+                                              size=comps.frame_size, num_frames=1) for c in cases])
+    return generate.generate_all(comps, params, sampler, [c["caption"] for c in cases], num_frames, key, batch=batch,
+                                 first_frames=first, progress=True)
 
 
 def evaluate(comps, params, config, *, num_captions: int = 144, lengths=(16, 64, 256), modes=MODES,
@@ -104,7 +101,29 @@ def evaluate(comps, params, config, *, num_captions: int = 144, lengths=(16, 64,
     return report, videos
 
 
+def text_to_video_scores(comps, params, config, key) -> dict:
+    """The scores a shapes-world training run ends with (its `eval.json`): text-to-video only, no drift.
+
+    Videos for the captions of the first `config.eval.num_videos` test-split
+    examples, `config.eval.num_frames` long, `config.eval.batch` at a time
+    (batch at `start` keyed `fold_in(key, start)`), with the run's sampler at
+    `config.eval.num_steps` DDIM steps; the means of `shapes_score.score_batch`.
+    Text-to-video has no true start position: position scores are NaN and left out.
+    """
+    from artv_jax import generate
+
+    e = config.eval
+    sample_config = config.sample.copy_and_resolve_references()
+    sample_config.num_steps = e.num_steps
+    sampler = generate.make_sampler(comps, sample_config, config.model)
+    captions = [shapes.generate_example("test", k, config.data.size, config.data.num_frames)["caption"]
+                for k in range(e.num_videos)]
+    videos = generate.generate_all(comps, params, sampler, captions, e.num_frames, key, batch=e.batch)
+    return _finite(shapes_score.score_batch(videos, captions))
+
+
 def _finite(scores: dict) -> dict:
+    """The scalar, finite scores, as floats."""
     return {k: float(v) for k, v in scores.items() if np.isscalar(v) and np.isfinite(v)}
 
 
@@ -156,19 +175,14 @@ def main(argv):
     del argv
     from absl import flags
 
-    from artv_jax.sample import UsageError, load
-
     FLAGS = flags.FLAGS
-    try:
+    with runs.usage_errors("artv_jax.evaluate"):
         if not FLAGS.workdir:
-            raise UsageError("give --workdir (a training run).")
+            raise runs.UsageError("give --workdir (a training run).")
         lengths = check_options(FLAGS.captions, FLAGS.lengths, FLAGS.modes)  # before the model loads
-        comps, params, config = load(FLAGS.workdir, FLAGS.step)
+        comps, params, config = runs.load(FLAGS.workdir, FLAGS.step)
         report, videos = evaluate(comps, params, config, num_captions=FLAGS.captions, lengths=lengths,
                                   modes=FLAGS.modes, steps=FLAGS.steps, batch=FLAGS.batch, seed=FLAGS.seed)
-    except (UsageError, ValueError, FileNotFoundError) as e:
-        print(f"artv_jax.evaluate: error: {e}", file=sys.stderr)
-        sys.exit(2)
     out = FLAGS.out or storage.join(storage.resolve(FLAGS.workdir), "evaluation")
     storage.write_text(storage.join(out, "report.json"), json.dumps(report, indent=1))
     with storage.local_file(storage.join(out, "drift.png")) as path:

@@ -28,7 +28,6 @@ import dataclasses
 import json
 import os
 import shutil
-import sys
 from typing import Any
 
 import numpy as np
@@ -95,8 +94,8 @@ def artv_config_dict(components, config, step: int | None) -> dict[str, Any]:
         autoencoder = {"kind": "vae", "scaling_factor": vae.scaling_factor, "shift_factor": vae.shift_factor}
     autoencoder.update(channels=auto.channels, factor=auto.factor)
     s = config.sample
-    sample = {k: s[k] for k in ("num_steps", "eta", "text_guidance", "ref_guidance", "ref_level", "chunk_size")}
-    sample["num_frames"] = s.get("num_frames", 16)
+    sample = {k: s[k] for k in ("num_steps", "eta", "text_guidance", "ref_guidance", "ref_level", "chunk_size",
+                                "num_frames")}
     return {
         "format": FORMAT,
         "step": step,
@@ -107,12 +106,12 @@ def artv_config_dict(components, config, step: int | None) -> dict[str, Any]:
         "autoencoder": autoencoder,
         "tokenizer": {"kind": _tokenizer_kind(components.tokenize), "max_length": _max_length(components.tokenize)},
         "sample": sample,
-        "mask": {"use_mask": bool(config.model.get("use_mask", True)), "mask_init_bias": artv_cfg.mask_init_bias},
-        "use_anchor": bool(config.model.get("use_anchor", True)),
+        "mask": {"use_mask": bool(config.model.use_mask), "mask_init_bias": artv_cfg.mask_init_bias},
+        "use_anchor": bool(config.model.use_anchor),
         "anchor_attention": artv_cfg.anchor_attention,
         "prediction_type": components.schedule.prediction_type,
         "artv": dataclasses.asdict(artv_cfg),
-        "run_config": config.to_dict() if hasattr(config, "to_dict") else dict(config),
+        "run_config": config.to_dict(),
     }
 
 
@@ -181,9 +180,9 @@ def export(components, params: dict, config, out: str, step: int | None = None) 
 
 def export_run(workdir: str, out: str, step: int | None = None) -> str:
     """Exports the EMA weights of a training run's checkpoint (`step`, default the latest); returns `out`."""
-    from artv_jax import checkpoint, sample
+    from artv_jax import checkpoint, runs
 
-    components, params, config = sample.load(workdir, step)
+    components, params, config = runs.load(workdir, step)
     if step is None:
         step = checkpoint.read_config(workdir)[1]
     export(components, params, config, out, step=step)
@@ -310,15 +309,13 @@ def main(argv):
     del argv
     from absl import flags
 
+    from artv_jax import runs
+
     FLAGS = flags.FLAGS
-    if not FLAGS.workdir or not FLAGS.out:
-        print("artv_jax.export: error: give --workdir (a training run) and --out (a new directory).", file=sys.stderr)
-        sys.exit(2)
-    try:
+    with runs.usage_errors("artv_jax.export", FileExistsError):
+        if not FLAGS.workdir or not FLAGS.out:
+            raise runs.UsageError("give --workdir (a training run) and --out (a new directory).")
         out = export_run(FLAGS.workdir, FLAGS.out, FLAGS.step)
-    except (FileNotFoundError, FileExistsError, ValueError) as e:
-        print(f"artv_jax.export: error: {e}", file=sys.stderr)
-        sys.exit(2)
     print(f"wrote {out} ({', '.join(sorted(os.listdir(out)))})")
 
 

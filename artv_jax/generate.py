@@ -2,35 +2,34 @@
 
 The one place that turns prompts into embeddings, runs the autoregressive
 sampler and decodes latents to pixels; training (end-of-run samples),
-evaluation and the sampling CLI all call `generate`.
+evaluation and the sampling CLI all call `generate`, and everything that
+generates more videos than fit in one batch calls `generate_batches`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from artv_jax.components import Components
-from artv_jax.data.pipeline import to_model_range
 from artv_jax.diffusion import sampling
-from artv_jax.video_io import to_uint8
+from artv_jax.pixels import to_model_range, to_uint8
 
 
-def make_sampler(components: Components, sample_config, model_config=None) -> sampling.Sampler:
+def make_sampler(components: Components, sample_config, model_config) -> sampling.Sampler:
     """A `Sampler` from a config's `sample` section (num_steps, eta, guidance, ref_level, chunk_size).
 
     `model_config` (the config's `model` section) carries the ablation
     switches `use_mask` / `use_anchor`, which sampling must follow as training did.
     """
-    model_config = model_config or {}
     return sampling.Sampler(components.model, components.schedule, sampling.SamplerConfig(
         num_steps=sample_config.num_steps, eta=sample_config.eta, text_guidance=sample_config.text_guidance,
         ref_guidance=sample_config.ref_guidance, ref_level=sample_config.ref_level,
-        chunk_size=sample_config.chunk_size, use_mask=bool(model_config.get("use_mask", True)),
-        use_anchor=bool(model_config.get("use_anchor", True))))
+        chunk_size=sample_config.chunk_size, use_mask=bool(model_config.use_mask),
+        use_anchor=bool(model_config.use_anchor)))
 
 
 def sampler_from_config(components: Components, config, *, guidance: float | None = None,
@@ -95,3 +94,47 @@ def generate(components: Components, params: dict, sampler: sampling.Sampler, pr
     if first_frames is not None:  # given frames are returned as given, not re-decoded
         videos[:, :first_frames.shape[1]] = first_frames
     return videos
+
+
+def generate_batches(components: Components, params: dict, sampler: sampling.Sampler, prompts: Sequence[str],
+                     num_frames: int, key: jax.Array, *, batch: int, first_frames: np.ndarray | None = None,
+                     progress: bool = False) -> Iterator[np.ndarray]:
+    """Yields uint8 (b, N, H, W, 3) videos for `prompts` (one per video), in order, `batch` at a time.
+
+    The batch that starts at video `start` is sampled with
+    `jax.random.fold_in(key, start)`, so a video depends on its position, the
+    batch size and `key`. The last batch is padded to `batch` with its last
+    video (and trimmed) so the sampler compiles once; `batch` is cut to the
+    number of videos. Padding leaves the real videos as an unpadded batch
+    makes them: the noise is drawn element by element (tests/test_generate.py).
+
+    Args:
+      first_frames: optional uint8 (V, F, H, W, 3), the given frames of each of
+        the V = len(prompts) videos (see `generate`).
+    """
+    if not prompts:
+        raise ValueError("no prompts to generate videos for.")
+    if batch < 1:
+        raise ValueError(f"batch must be positive, got {batch}.")
+    if first_frames is not None and len(first_frames) != len(prompts):
+        raise ValueError(f"first frames are given for {len(first_frames)} videos, prompts for {len(prompts)}.")
+    batch = min(batch, len(prompts))
+    for start in range(0, len(prompts), batch):
+        chunk = list(prompts[start:start + batch])
+        n = len(chunk)
+        pad = [n - 1] * (batch - n)
+        first = None
+        if first_frames is not None:
+            first = np.asarray(first_frames[start:start + n])
+            first = np.concatenate([first, first[pad]])
+        videos = generate(components, params, sampler, chunk + [chunk[i] for i in pad], num_frames,
+                          jax.random.fold_in(key, start), first_frames=first, progress=progress)
+        yield videos[:n]
+
+
+def generate_all(components: Components, params: dict, sampler: sampling.Sampler, prompts: Sequence[str],
+                 num_frames: int, key: jax.Array, *, batch: int, first_frames: np.ndarray | None = None,
+                 progress: bool = False) -> np.ndarray:
+    """uint8 (V, N, H, W, 3): `generate_batches` concatenated, one video per prompt."""
+    return np.concatenate(list(generate_batches(components, params, sampler, prompts, num_frames, key, batch=batch,
+                                                first_frames=first_frames, progress=progress)))

@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import sys
 
 import jax
 import numpy as np
+
+from artv_jax import runs
 
 
 @dataclasses.dataclass
@@ -33,47 +34,8 @@ class Request:
     first_frames: np.ndarray | None  # uint8 (F, H, W, 3): image-to-video (F = 1) or continuation
 
 
-class UsageError(ValueError):
-    """Bad command-line input: reported in one line."""
-
-
-def load(workdir: str, step: int | None = None):
-    """(components, params, config) of a checkpoint, with the EMA weights.
-
-    `workdir`: a training run's workdir (local or gs://; `step` or the latest),
-    its `checkpoints/` directory, or one step's directory.
-    """
-    import ml_collections
-    from flax import traverse_util
-
-    from artv_jax import checkpoint, components as components_lib, storage
-    from artv_jax import train_step as ts
-
-    workdir, step = checkpoint.locate(workdir, step)
-    if not storage.is_dir(checkpoint.checkpoint_dir(workdir)):
-        raise UsageError(f"no checkpoints in {workdir!r} (expected {checkpoint.checkpoint_dir(workdir)}/<step>/).")
-    config_dict, _ = checkpoint.read_config(workdir)
-    config = ml_collections.ConfigDict(config_dict)
-    comps, loaded = components_lib.build(config)
-    saved = checkpoint.load_numpy(workdir, step, items=("ema_params",))
-    if loaded is not None:  # a pretrained base: its frozen parts come from its directory
-        _, frozen = ts.split_params(loaded, tuple(config.train.trainable))
-    else:  # from scratch: the frozen parts (if any) were saved with the state
-        frozen = checkpoint.load_frozen(workdir, saved["checkpoint_step"])
-        # the frozen part by the same rule as training, so a path such as "artv/adapter" is checked leaf by leaf
-        _, expected = ts.split_params(jax.eval_shape(comps.init, jax.random.PRNGKey(0)), tuple(config.train.trainable))
-        flat = lambda tree: traverse_util.flatten_dict(tree, sep="/")
-        missing = sorted(set(flat(expected)) - set(flat(frozen)))
-        if missing:
-            groups = sorted({k.split("/")[0] for k in missing})
-            raise UsageError(f"checkpoint step {saved['checkpoint_step']} in {workdir!r} holds no parameters for "
-                             f"{groups} ({len(missing)} arrays, e.g. {missing[0]!r}): they were frozen "
-                             f"(train.trainable={tuple(config.train.trainable)}) and not saved.")
-    return comps, ts.merge_params(saved["ema_params"], frozen), config
-
-
 def make_request(prompts, frames, num_frames, image, video, frame_size: int | None = None) -> Request:
-    """Checks the command line and reads the given frames; UsageError with one line on bad input.
+    """Checks the command line and reads the given frames; runs.UsageError with one line on bad input.
 
     `frame_size` (the model's) also checks the given frames' size; without it
     call `check_frame_size` once the model is known.
@@ -83,25 +45,26 @@ def make_request(prompts, frames, num_frames, image, video, frame_size: int | No
     prompts = list(prompts or [])
     frames = [int(f) for f in frames or []]
     if not prompts:
-        raise UsageError("give at least one --prompt.")
+        raise runs.UsageError("give at least one --prompt.")
     if any(not p.strip() for p in prompts):
-        raise UsageError("empty --prompt.")
+        raise runs.UsageError("empty --prompt.")
     if image and video:
-        raise UsageError("give --image (image-to-video) or --video (continuation), not both.")
+        raise runs.UsageError("give --image (image-to-video) or --video (continuation), not both.")
     if frames:
         if len(frames) != len(prompts):
-            raise UsageError(f"--frames must be given once per --prompt: {len(prompts)} prompts, {len(frames)} --frames.")
+            raise runs.UsageError(f"--frames must be given once per --prompt: {len(prompts)} prompts, "
+                                  f"{len(frames)} --frames.")
         if any(f <= 0 for f in frames):
-            raise UsageError(f"--frames must be positive, got {frames}.")
+            raise runs.UsageError(f"--frames must be positive, got {frames}.")
         if num_frames and num_frames != sum(frames):
-            raise UsageError(f"--num_frames={num_frames} but --frames add up to {sum(frames)}.")
+            raise runs.UsageError(f"--num_frames={num_frames} but --frames add up to {sum(frames)}.")
         num_frames = sum(frames)
     else:
         if len(prompts) > 1:
-            raise UsageError("several --prompt values need --frames (frames per prompt).")
+            raise runs.UsageError("several --prompt values need --frames (frames per prompt).")
         num_frames = num_frames or 16
         if num_frames <= 0:
-            raise UsageError(f"--num_frames must be positive, got {num_frames}.")
+            raise runs.UsageError(f"--num_frames must be positive, got {num_frames}.")
         frames = [num_frames]
     first = None
     try:
@@ -110,11 +73,11 @@ def make_request(prompts, frames, num_frames, image, video, frame_size: int | No
         elif video:
             first = video_io.read_video(video, max_frames=num_frames)
     except FileNotFoundError as e:
-        raise UsageError(str(e)) from None
+        raise runs.UsageError(str(e)) from None
     except Exception as e:  # noqa: BLE001 — a decoder error on user input is a usage error
-        raise UsageError(f"cannot read {image or video!r}: {e}") from None
+        raise runs.UsageError(f"cannot read {image or video!r}: {e}") from None
     if first is not None and len(first) >= num_frames:
-        raise UsageError(f"{len(first)} frames are given and --num_frames is {num_frames}: nothing to generate.")
+        raise runs.UsageError(f"{len(first)} frames are given and --num_frames is {num_frames}: nothing to generate.")
     request = Request(prompts, frames, num_frames, first)
     if frame_size is not None:
         check_frame_size(request, frame_size)
@@ -122,10 +85,10 @@ def make_request(prompts, frames, num_frames, image, video, frame_size: int | No
 
 
 def check_frame_size(request: Request, frame_size: int) -> None:
-    """UsageError unless the given frames have the model's frame size."""
+    """runs.UsageError unless the given frames have the model's frame size."""
     first = request.first_frames
     if first is not None and first.shape[1:3] != (frame_size, frame_size):
-        raise UsageError(f"the given frames are {first.shape[2]}x{first.shape[1]}; this model makes "
+        raise runs.UsageError(f"the given frames are {first.shape[2]}x{first.shape[1]}; this model makes "
                          f"{frame_size}x{frame_size} frames.")
 
 
@@ -149,18 +112,15 @@ def main(argv):
     from artv_jax import video_io
 
     FLAGS = flags.FLAGS
-    try:
+    with runs.usage_errors("artv_jax.sample"):
         workdir = FLAGS.workdir or FLAGS.checkpoint
         if not workdir:
-            raise UsageError("give --workdir (a training run) or --checkpoint.")
+            raise runs.UsageError("give --workdir (a training run) or --checkpoint.")
         if os.path.splitext(FLAGS.out)[1].lower() not in (".mp4", ".gif"):
-            raise UsageError(f"--out must end in .mp4 or .gif, got {FLAGS.out!r}.")
+            raise runs.UsageError(f"--out must end in .mp4 or .gif, got {FLAGS.out!r}.")
         request = make_request(FLAGS.prompt, FLAGS.frames, FLAGS.num_frames, FLAGS.image, FLAGS.video)
-        comps, params, config = load(workdir, FLAGS.step)  # the slow part comes after the cheap checks
+        comps, params, config = runs.load(workdir, FLAGS.step)  # the slow part comes after the cheap checks
         check_frame_size(request, comps.frame_size)
-    except (UsageError, FileNotFoundError) as e:
-        print(f"artv_jax.sample: error: {e}", file=sys.stderr)
-        sys.exit(2)
     video = sample(comps, params, config, request, seed=FLAGS.seed, guidance=FLAGS.guidance, steps=FLAGS.steps)
     out_dir = os.path.dirname(os.path.abspath(FLAGS.out))
     os.makedirs(out_dir, exist_ok=True)

@@ -106,21 +106,9 @@ def param_specs(params: Any, rules: Rules, mesh: Mesh) -> Any:
     return traverse_util.unflatten_dict(specs)
 
 
-def param_shardings(params: Any, rules: Rules, mesh: Mesh) -> Any:
-    """`NamedSharding`s for a parameter tree (see `param_specs`)."""
-    return jax.tree.map(lambda spec: NamedSharding(mesh, spec), param_specs(params, rules, mesh),
-                        is_leaf=lambda x: isinstance(x, P))
-
-
 def batch_spec(rules: Rules, ndim: int) -> P:
     """The PartitionSpec of a batch-major array: the batch dimension over the rules' "batch" axes."""
     return P(dict(rules).get("batch"), *([None] * (ndim - 1)))
-
-
-def batch_size_divisor(rules: Rules, mesh: Mesh) -> int:
-    """How many shards the batch dimension is split into."""
-    axes = dict(rules).get("batch")
-    return 1 if axes is None else _mesh_size(mesh, axes)
 
 
 def describe(params: Any, rules: Rules, mesh: Mesh) -> str:

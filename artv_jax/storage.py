@@ -47,10 +47,6 @@ def list_dir(path: str) -> list[str]:
     return sorted(child.name for child in p.iterdir()) if p.is_dir() else []
 
 
-def make_dirs(path: str) -> None:
-    epath.Path(path).mkdir(parents=True, exist_ok=True)
-
-
 def read_text(path: str) -> str:
     return epath.Path(path).read_text()
 

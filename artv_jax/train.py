@@ -23,9 +23,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from artv_jax import checkpoint, components as components_lib, sharding, storage
+from artv_jax import checkpoint, components as components_lib, config as config_lib, sharding, storage
 from artv_jax import train_step as ts
-from artv_jax.data import pipeline, shapes
+from artv_jax.data import pipeline
 
 log = logging.getLogger("artv_jax.train")
 
@@ -78,9 +78,6 @@ def make_source(config, process_index=None, process_count=None) -> pipeline.Host
                                process_index=process_index, process_count=process_count)
 
 
-DEFAULT_COMPILATION_CACHE = "~/.cache/artv_jax/xla"
-
-
 def enable_compilation_cache(path: str) -> None:
     """JAX's persistent compilation cache: a resumed or repeated run skips the (minutes-long on CPU) compile.
 
@@ -96,7 +93,7 @@ def make_iterator(config, comps, process_index=None, process_count=None) -> pipe
         make_source(config, process_index, process_count), global_batch=config.train.global_batch,
         tokenize=comps.tokenize, num_ref_frames=comps.model.config.num_ref_frames,
         stride_range=tuple(config.data.stride_range), seed=config.seed,
-        start_fraction=config.data.get("start_fraction", 0.0))
+        start_fraction=config.data.start_fraction)
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
@@ -104,9 +101,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
     Returns the final metrics (and the shapes-world scores for the shapes data).
     """
+    config = config_lib.validate(config)  # every key present, checked once; ValueError names a bad key
     workdir = storage.resolve(workdir)  # local: absolute; gs://...: as given
     t_cfg = config.train
-    enable_compilation_cache(config.get("compilation_cache", DEFAULT_COMPILATION_CACHE))
+    enable_compilation_cache(config.compilation_cache)
     is_main = jax.process_index() == 0
     if is_main:
         storage.write_text(storage.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
@@ -117,11 +115,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
     batch_sharding = jax.sharding.NamedSharding(mesh, sharding.batch_spec(rules, 1))
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     pipeline.check_global_batch(t_cfg.global_batch, batch_sharding)
-    if t_cfg.global_batch % t_cfg.get("grad_accum", 1):
-        raise ValueError(f"train.global_batch={t_cfg.global_batch} must divide by train.grad_accum={t_cfg.grad_accum}.")
 
     # --- Model and parameters, created already sharded.
-    dtype = jnp.dtype(t_cfg.get("compute_dtype", "float32"))
+    dtype = jnp.dtype(t_cfg.compute_dtype)
     comps, loaded = components_lib.build(config, dtype=dtype)
     tx = ts.make_optimizer(config)
     key = jax.random.PRNGKey(config.seed)
@@ -151,7 +147,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
     # --- Checkpoints: resume if there is one.
     ckpt = config.checkpoint
-    manager = checkpoint.make_manager(workdir, ckpt.every, ckpt.max_to_keep, ckpt.get("async_save", True))
+    manager = checkpoint.make_manager(workdir, ckpt.every, ckpt.max_to_keep, ckpt.async_save)
     config_dict = json.loads(config.to_json_best_effort())
     # A scratch model's frozen parts (say a text encoder frozen at init) exist only in memory: saved with the state.
     frozen_to_save = frozen if loaded is None and jax.tree.leaves(frozen) else None
@@ -163,7 +159,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
     # --- The step: jitted with explicit shardings, compiled once up front.
     keys = ("target", "refs", "anchor", "tokens")
-    if config.objective.get("start_t_logit_normal"):
+    if config.objective.start_t_logit_normal:
         keys += ("frame_index", "stride")  # the loss finds the clips' first steps by them
     batch_shapes = {k: jax.ShapeDtypeStruct((t_cfg.global_batch, *v.shape[1:]), v.dtype, sharding=batch_sharding)
                     for k, v in _example_batch(iterator, keys).items()}
@@ -182,7 +178,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     # --- Loop.
     writer = MetricWriter(workdir)
     stop = _PreemptionFlag()
-    progress = _progress(start_step, t_cfg.num_steps, enabled=is_main and config.get("progress", True))
+    progress = _progress(start_step, t_cfg.num_steps, enabled=is_main and config.progress)
     last_log, last_log_step = time.time(), start_step
     step = start_step
     last_metrics = {}
@@ -230,10 +226,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
     results = {"step": step, "start_step": start_step, "train_seconds": round(time.time() - t_train, 1),
                **{k: last_metrics[k] for k in ("loss", "loss_raw", "mask_mean") if k in last_metrics}}
     params = host_ema_params(state, frozen)  # every process takes part in the gather
-    if is_main and config.sample.get("at_end", True):
+    if is_main and config.sample.at_end:
         _write_samples(comps, params, config, workdir, sample_key, "final")
         if config.data.name == "shapes" and config.eval.num_videos > 0:
-            results.update(evaluate_shapes(comps, params, config, sample_key))
+            from artv_jax import evaluate  # shapes runs only
+
+            results.update(evaluate.text_to_video_scores(comps, params, config, sample_key))
             storage.write_text(storage.join(workdir, "eval.json"), json.dumps(results, indent=2))
             log.info("shapes-world scores: %s", json.dumps(results))
     return results
@@ -247,27 +245,6 @@ def host_ema_params(state: ts.TrainState, frozen: dict) -> dict:
     from jax.experimental import multihost_utils
 
     return multihost_utils.process_allgather(ts.merge_params(state.ema_params, frozen), tiled=True)
-
-
-def evaluate_shapes(comps, params: dict, config, key) -> dict:
-    """Text-to-video on test-split captions, scored by the shapes-world reader (docs/shapes_world.md)."""
-    from artv_jax import generate
-    from artv_jax.data import shapes_score
-
-    e = config.eval
-    sample_cfg = config.sample.copy_and_resolve_references()
-    sample_cfg.num_steps = e.get("num_steps", sample_cfg.num_steps)
-    sampler = generate.make_sampler(comps, sample_cfg, config.model)
-    examples = [shapes.generate_example("test", k, config.data.size, config.data.num_frames)
-                for k in range(e.num_videos)]
-    videos = []
-    for i in range(0, e.num_videos, e.batch):
-        captions = [ex["caption"] for ex in examples[i:i + e.batch]]
-        videos.append(generate.generate(comps, params, sampler, captions, e.num_frames, jax.random.fold_in(key, i)))
-    videos = np.concatenate(videos)
-    scores = shapes_score.score_batch(videos, [ex["caption"] for ex in examples])
-    # Text-to-video has no true start position: position scores are NaN and left out.
-    return {k: float(v) for k, v in scores.items() if np.isscalar(v) and np.isfinite(v)}
 
 
 def _write_samples(comps, params, config, workdir, key, name: str) -> None:

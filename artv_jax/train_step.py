@@ -1,7 +1,8 @@
 """The masked-diffusion training step: state, optimizer, loss, EMA; pure and jittable.
 
-    state = TrainState.create(trainable, tx, step=0)
-    step = make_train_step(components, config, frozen_paths)
+    tx = make_optimizer(config)
+    state = TrainState.create(trainable, tx)
+    step = make_train_step(components, config, tx)     # jit it with shardings (train.py)
     state, metrics = step(state, frozen, batch, key)
 
 Parameters are split by path into a trainable tree (in the state, updated by
@@ -22,10 +23,9 @@ import optax
 from flax import traverse_util
 
 from artv_jax.components import Components
-from artv_jax.data.pipeline import to_model_range
-from artv_jax.diffusion import masked
-from artv_jax.diffusion.schedule import training_timesteps
+from artv_jax.diffusion import masked, weighting
 from artv_jax.models.artv import anchor_contexts
+from artv_jax.pixels import to_model_range
 
 
 @flax.struct.dataclass
@@ -68,10 +68,10 @@ def make_optimizer(config) -> optax.GradientTransformation:
     t = config.train
     schedule = optax.warmup_cosine_decay_schedule(
         init_value=0.0, peak_value=t.learning_rate, warmup_steps=t.warmup_steps,
-        decay_steps=max(t.num_steps, t.warmup_steps + 1), end_value=t.learning_rate * t.get("final_lr_fraction", 0.1))
+        decay_steps=max(t.num_steps, t.warmup_steps + 1), end_value=t.learning_rate * t.final_lr_fraction)
     return optax.chain(
         optax.clip_by_global_norm(t.grad_clip),
-        optax.adamw(schedule, b1=0.9, b2=t.get("adam_b2", 0.999), weight_decay=t.weight_decay),
+        optax.adamw(schedule, b1=0.9, b2=t.adam_b2, weight_decay=t.weight_decay),
     )
 
 
@@ -81,66 +81,33 @@ def latents_of(components: Components, params: dict, frames_uint8) -> jax.Array:
     return jax.lax.stop_gradient(components.autoencoder.encode(params.get("vae"), frames))
 
 
-def first_step(batch: dict) -> jax.Array:
-    """(B,) bool: the tuple is its clip's first step (target one stride after frame 0, every reference frame 0).
-
-    Needs the pipeline's `frame_index` and `stride` (`pipeline.training_tuple`).
-    """
-    missing = [k for k in ("frame_index", "stride") if k not in batch]
-    if missing:
-        raise ValueError(f"objective.start_t_logit_normal needs the batch's {missing} (the tuple pipeline's keys); "
-                         f"the batch has {sorted(batch)}.")
-    return jnp.asarray(batch["frame_index"]) == jnp.asarray(batch["stride"])
-
-
-def tuple_timesteps(key, batch: dict, num_train_timesteps: int, objective, drop_ref=None) -> jax.Array:
-    """(B,) int32 training timesteps: `objective.t_logit_normal` (() or absent: uniform) for every tuple, except
-    that with `objective.start_t_logit_normal` the clips' first steps draw theirs from that density instead
-    (not those whose references are dropped, `drop_ref` (B,) bool: they are text-only frames).
-
-    The first step is the one where only the text says which way the object
-    moves. Below high noise x_t itself shows where the object went, and a model
-    trained there learns to read x_t rather than the words; at the noise levels
-    where x_t shows nothing, the words are the only way to lower the loss.
-    """
-    b = batch["target"].shape[0]
-    t = training_timesteps(key, b, num_train_timesteps, objective.get("t_logit_normal"))
-    start = objective.get("start_t_logit_normal")
-    if not start:
-        return t
-    t_start = training_timesteps(jax.random.fold_in(key, 1), b, num_train_timesteps, start)
-    use_start = first_step(batch)
-    if drop_ref is not None:
-        use_start = use_start & ~jnp.asarray(drop_ref)
-    return jnp.where(use_start, t_start, t)
-
-
 def loss_fn(components: Components, config, params: dict, batch: dict, key: jax.Array):
-    """The masked-diffusion loss of one (micro)batch and its metrics.
+    """ART·V's masked-diffusion loss of one (micro)batch, and its metrics: encode, noise, predict, blend, loss.
 
-    batch: target (B, H, W, 3), refs (B, R, H, W, 3), anchor (B, H, W, 3) uint8;
-    tokens (B, L) int32; frame_index and stride (B,) int32 where `objective.start_t_logit_normal` is set
-    (`tuple_timesteps`).
+    batch: target (B, H, W, 3), refs (B, R, H, W, 3), anchor (B, H, W, 3) uint8; tokens (B, L) int32;
+    frame_index and stride (B,) int32 where `objective.start_t_logit_normal` is set (`weighting`).
     """
-    obj = config.objective
-    model, schedule = components.model, components.schedule
-    b = batch["target"].shape[0]
-    r = batch["refs"].shape[1]
+    obj, model, schedule = config.objective, components.model, components.schedule
+    b, r = batch["refs"].shape[:2]
+    k_t, k_noise, k_aug, k_drop = jax.random.split(key, 4)
+
+    # Encode: the target, its R previous frames and the anchor (frame 0) to latents; the caption to embeddings,
+    # replaced by the empty caption's (p_text) and the references dropped (p_ref) for classifier-free guidance.
     x0 = latents_of(components, params, batch["target"])
     refs_list = [latents_of(components, params, batch["refs"][:, i]) for i in range(r)]
-    refs = jnp.concatenate(refs_list, axis=-1)
-    x_ref = refs_list[-1]
+    refs, x_ref = jnp.concatenate(refs_list, axis=-1), refs_list[-1]
     anchor = latents_of(components, params, batch["anchor"])
-    if not config.model.get("use_anchor", True):  # ablation: no anchored conditioning
+    if not config.model.use_anchor:  # ablation: no anchored conditioning
         anchor = jnp.zeros_like(anchor)
-
-    k_t, k_noise, k_aug, k_drop = jax.random.split(key, 4)
     text = components.encode_text(params, batch["tokens"])
     empty = components.encode_text(params, jnp.asarray(components.tokenize(""))[None])[0]
     drop_text, drop_ref = masked.drop_conditioning(k_drop, obj.p_text, obj.p_ref, b)
     text = masked.apply_text_drop(text, empty, drop_text)
 
-    t = tuple_timesteps(k_t, batch, schedule.num_train_timesteps, obj, drop_ref)
+    # Noise: the target at the drawn timesteps; the references noise-augmented to a level the model is told.
+    w = weighting.tuple_weighting(k_t, batch, obj, schedule.num_train_timesteps, components.autoencoder.factor,
+                                  drop_ref)
+    t = w.timesteps
     noise = jax.random.normal(k_noise, x0.shape, jnp.float32)
     x_t = schedule.add_noise(x0, noise, t)
     if obj.s_max > 0:
@@ -148,44 +115,33 @@ def loss_fn(components: Components, config, params: dict, batch: dict, key: jax.
     else:  # ablation: no noise augmentation
         refs_in, level = refs, jnp.zeros((b,), jnp.float32)
 
-    ctx = None
-    if model.config.anchor_attention:
-        ctx = anchor_contexts(model, params["artv"], anchor, text)
+    # Predict: the UNet's output p_θ and the mask logits, with the adapter's features of references and anchor.
+    ctx = anchor_contexts(model, params["artv"], anchor, text) if model.config.anchor_attention else None
     pred, mask_logits = model.apply({"params": params["artv"]}, x_t, t, text, refs_in, anchor, level,
                                     drop_refs=drop_ref, anchor_contexts=ctx, anchor_keep=~drop_ref)
+
+    # Blend: p̂ = m · p_θ + (1 − m) · p_ref (inside masked_loss); m = 1 where the references are dropped.
     mask = masked.mask_from_logits(mask_logits)
-    if not config.model.get("use_mask", True):  # ablation: no mask head, m = 1
+    if not config.model.use_mask:  # ablation: no mask head, m = 1
         mask = jnp.ones_like(mask)
     mask = masked.apply_ref_drop(mask, drop_ref)
+
+    # Loss: MSE of the blended output against the schedule's target (ε or v).
     target = schedule.training_target(x0, noise, t)
-    pixel_weight = None
-    if obj.get("change_weight", 0.0):
-        # Motion-weighted loss: positions where the frame changed since the reference count 1 + change_weight
-        # times. Frames whose references are dropped (text-only) have no "previous frame" to change from.
-        pixel_weight = masked.apply_ref_drop(
-            masked.change_weight_map(batch["target"], batch["refs"][:, -1], components.autoencoder.factor,
-                                     obj.change_weight), drop_ref)
-    if obj.get("foreground_weight", 0.0):
-        # Object-weighted loss, for every frame including text-only ones: on a flat background the object is a
-        # tenth of the pixels, and its outline (the shape) a few percent of the plain MSE.
-        fg = masked.foreground_weight_map(batch["target"], components.autoencoder.factor, obj.foreground_weight)
-        pixel_weight = fg if pixel_weight is None else pixel_weight + (fg - 1.0)
-    loss, metrics = masked.masked_loss(schedule, pred, mask, x_t, t, x_ref, target, pixel_weight=pixel_weight)
-    unmasked_weight = obj.get("unmasked_weight", 0.0)
-    if unmasked_weight:
-        # A model trained from scratch has no pretrained image prior: once the mask learns to copy the previous
-        # frame (m -> 0 on the static background) the masked loss stops training the UNet there, and the
-        # text-to-image path (frame 0) starves. The plain diffusion loss on the unblended prediction keeps
-        # the UNet a denoiser everywhere, which is what ART·V gets for free from Stable Diffusion.
+    loss, metrics = masked.masked_loss(schedule, pred, mask, x_t, t, x_ref, target, pixel_weight=w.pixel_weight)
+    if obj.unmasked_weight:
+        # A scratch model has no pretrained image prior: once the mask copies the static background (m -> 0)
+        # the masked loss stops training the UNet there. The plain loss on p_θ keeps it a denoiser everywhere,
+        # which ART·V gets for free from Stable Diffusion.
         metrics = {**metrics, "loss_masked": loss}
-        loss = loss + unmasked_weight * metrics["loss_raw"]
+        loss = loss + obj.unmasked_weight * metrics["loss_raw"]
         metrics["loss"] = loss
     return loss, metrics
 
 
 def make_train_step(components: Components, config, tx: optax.GradientTransformation):
     """The step function (not yet jitted): (state, frozen, batch, key) -> (state, metrics)."""
-    accum = config.train.get("grad_accum", 1)
+    accum = config.train.grad_accum
     ema_decay = config.train.ema_decay
 
     def grads_of(trainable, frozen, batch, key):

@@ -1,7 +1,7 @@
 """Reading and writing videos and images: mp4 through PyAV (no ffmpeg binary needed), gif and png through Pillow.
 
-Frames are uint8 (T, H, W, 3) NumPy arrays; `to_uint8` converts model-range
-[-1, 1] floats.
+Frames are uint8 (T, H, W, 3) NumPy arrays; `pixels.to_uint8` converts
+model-range [-1, 1] floats.
 """
 
 from __future__ import annotations
@@ -9,12 +9,6 @@ from __future__ import annotations
 import os
 
 import numpy as np
-
-
-def to_uint8(frames) -> np.ndarray:
-    """[-1, 1] floats (any leading shape, last axis RGB) -> uint8, clipped."""
-    frames = np.asarray(frames, np.float32)
-    return np.clip(np.round((frames + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
 def write_mp4(path: str, frames: np.ndarray, fps: int = 8) -> None:
@@ -48,17 +42,6 @@ def write_gif(path: str, frames: np.ndarray, fps: int = 8, scale: int = 1) -> No
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     images = [Image.fromarray(f) for f in frames]
     images[0].save(path, save_all=True, append_images=images[1:], duration=max(1, round(1000 / fps)), loop=0)
-
-
-def write_video(path: str, frames: np.ndarray, fps: int = 8) -> None:
-    """Writes by extension: `.mp4` or `.gif`."""
-    ext = os.path.splitext(path)[1].lower()
-    if ext == ".mp4":
-        write_mp4(path, frames, fps)
-    elif ext == ".gif":
-        write_gif(path, frames, fps)
-    else:
-        raise ValueError(f"unknown video extension {ext!r} in {path!r}: use .mp4 or .gif.")
 
 
 def read_video(path: str, max_frames: int | None = None) -> np.ndarray:

@@ -42,10 +42,10 @@ PROMPT = "a red square moving right on a black background"
 def model_config(name: str):
     c = shapes_config.get_config()
     if name == "tiny":  # tests/train_worker.py's model
-        c.model.unet = dict(block_out_channels=(32, 32), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        c.model.unet.update(block_out_channels=(32, 32), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
                             up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), layers_per_block=1, num_heads=2,
                             norm_num_groups=8)
-        c.model.text = dict(hidden_size=32, num_layers=1, num_heads=2, max_length=12)
+        c.model.text.update(hidden_size=32, num_layers=1, num_heads=2, max_length=12)
     return c
 
 

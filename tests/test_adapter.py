@@ -164,6 +164,14 @@ def test_zero_init_outputs_exactly_zero_and_still_learns():
         np.testing.assert_allclose(np.asarray(h), 0.5 * np.asarray(f), rtol=1e-5, atol=1e-6)
 
 
+def test_noise_level_plane():
+    plane = adapter.noise_level_plane(jnp.array([0.0, 0.25, 1.0]), (3, 4, 5, 8))
+    assert plane.shape == (3, 4, 5, 1) and plane.dtype == jnp.float32
+    np.testing.assert_array_equal(plane[:, 0, 0, 0], [0.0, 0.25, 1.0])
+    assert bool(jnp.all(plane == plane[:, :1, :1]))
+    np.testing.assert_array_equal(adapter.noise_level_plane(0.1, (2, 3, 3)), np.full((2, 3, 3, 1), 0.1, np.float32))
+
+
 def test_adapter_input_layout():
     refs = jnp.ones((2, 4, 4, 8))
     anchor = 2 * jnp.ones((2, 4, 4, 4))

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
+from artv_jax import config as config_lib
+from artv_jax.data import shapes as shapes_world
 from configs import ablations, shapes, webvid
+from helpers import REPO
 
 
 def _flat(config) -> dict:
@@ -45,3 +49,50 @@ def test_webvid_variants():
     assert small["mesh.shape"][-1] == 4 and small["train.global_batch"] % 4 == 0
     assert {k for k in small if small[k] != large[k]} <= {"data.size", "data.tfds_name", "train.global_batch",
                                                           "train.learning_rate", "train.remat"}
+
+
+def test_every_config_validates_and_leaves_no_key_to_a_default_it_does_not_know():
+    for c in (shapes.get_config(), webvid.get_config("256"), webvid.get_config("512"),
+              *(ablations.get_config(v) for v in ablations.VARIANTS)):
+        assert _flat(config_lib.validate(c)).keys() == _flat(config_lib.defaults()).keys()
+
+
+def test_validate_fills_missing_keys_with_their_defaults():
+    partial = {"train": {"num_steps": 5}, "objective": {"change_weight": 2}}  # as an older config.json may be
+    c = config_lib.validate(partial)
+    assert c.train.num_steps == 5 and c.objective.change_weight == 2.0
+    assert c.train.grad_accum == 1 and c.objective.start_t_logit_normal == () and c.sample.at_end
+    assert c.mesh.rules == config_lib.defaults().mesh.rules
+    with pytest.raises(AttributeError):  # validated configs are locked: a typo in the code fails loudly
+        c.train.num_stpes = 3
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"objective": {"change_wieght": 1.0}}, "config key 'objective.change_wieght' is unknown; objective has"),
+    ({"optimizer": {}}, "config key 'optimizer' is unknown"),
+    ({"train": {"num_steps": "many"}}, "config key 'train.num_steps' must be int like its default"),
+    ({"train": 3}, "config key 'train' is a section"),
+    ({"train": {"global_batch": 16, "grad_accum": 3}}, "config key 'train.grad_accum' must be >= 1 and divide"),
+    ({"data": {"start_fraction": 1.5}}, "config key 'data.start_fraction' must be in \\[0, 1\\], got 1.5"),
+    ({"objective": {"t_logit_normal": (0.0, -1.0)}}, "config key 'objective.t_logit_normal' must be \\(\\)"),
+    ({"data": {"name": "webvid"}}, "config key 'data.tfds_name' must name a TFDS data set"),
+    ({"train": {"compute_dtype": "fp8"}}, "config key 'train.compute_dtype' must be float32, bfloat16"),
+])
+def test_validate_names_the_bad_key_in_one_line(change, message):
+    with pytest.raises(ValueError, match=message) as e:
+        config_lib.validate(change)
+    assert "\n" not in str(e.value)
+
+
+def test_a_checkpoint_written_before_the_config_defaults_loads_and_samples_the_same_video():
+    """tests/data/checkpoint_af88d69: a tiny shapes run written by the code of af88d69 (its make.py), whose
+    config.json lacks the keys added since; loaded now, it gives the video that code sampled from it."""
+    from artv_jax import runs, sample
+
+    run = REPO / "tests" / "data" / "checkpoint_af88d69"
+    comps, params, config = runs.load(str(run))
+    assert tuple(config.model.text.vocabulary) == tuple(shapes_world.VOCABULARY)
+    request = sample.make_request(["a red square moving right on a black background"], [], 3, "", "",
+                                  comps.frame_size)
+    video = sample.sample(comps, params, config, request, seed=0, steps=2, progress=False)
+    np.testing.assert_array_equal(video, np.load(run / "expected_video.npz")["video"])

@@ -34,10 +34,17 @@ def test_evaluate_cli_writes_report_and_figures(tiny_run, tmp_path):
     assert Image.open(out / "samples.png").size[0] > 0
 
 
-def test_evaluate_rejects_bad_arguments(tiny_run):
-    cmd = [sys.executable, "-m", "artv_jax.evaluate", f"--workdir={tiny_run}", "--captions=500"]
-    run = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
-    assert run.returncode == 2 and "--captions must be in 1..144" in run.stderr and "Traceback" not in run.stderr
+@pytest.mark.parametrize("args, message", [
+    (["--workdir=TINY_RUN", "--captions=500"], "--captions must be in 1..144, got 500."),
+    (["--workdir=/nonexistent"], "no checkpoints in '/nonexistent' (expected /nonexistent/checkpoints/<step>/)."),
+    ([], "give --workdir (a training run)."),
+])
+def test_evaluate_rejects_bad_arguments_in_one_line(tiny_run, args, message):
+    args = [a.replace("TINY_RUN", str(tiny_run)) for a in args]
+    run = subprocess.run([sys.executable, "-m", "artv_jax.evaluate", *args], cwd=REPO, env=_env(), capture_output=True,
+                         text=True, timeout=600)
+    assert run.returncode == 2
+    assert run.stderr.splitlines() == [f"artv_jax.evaluate: error: {message}"], run.stderr
 
 
 @pytest.mark.parametrize("captions", [1, 7, 144])

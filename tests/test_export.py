@@ -26,9 +26,9 @@ transformers = pytest.importorskip("transformers")
 from helpers import REPO, write_tiny_sd
 from test_train import _env
 
-from artv_jax import export, generate, sample
-from artv_jax.data.pipeline import to_model_range
+from artv_jax import export, generate, runs
 from artv_jax.diffusion import sampling
+from artv_jax.pixels import to_model_range
 
 SHAPES_PROMPTS = ("a red square moving right on a black background", "a blue circle moving up on a white background",
                   "a yellow triangle moving left on a gray background")
@@ -105,7 +105,7 @@ def assert_same_components(got, want):
 
 
 def test_reverse_import_is_bit_exact(tiny_run, exported):
-    comps, params, config = sample.load(str(tiny_run))
+    comps, params, config = runs.load(str(tiny_run))
     got_comps, got_params = export.import_diffusers(str(exported))
     assert_bit_exact(got_params, params)
     assert_same_components(got_comps, comps)

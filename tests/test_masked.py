@@ -152,33 +152,6 @@ def test_pixel_weights_of_one_are_the_plain_loss():
         masked.masked_loss(s, pred, mask, x_t, T, x_ref, target, pixel_weight=np.ones(mask.shape[:-1]))
 
 
-def test_change_weight_map():
-    """A square moving 1 px right changes two columns of pixels; the map marks their latent cells, only those."""
-    from artv_jax.data import shapes
-
-    s, b = 32, shapes.box_size(32)
-    ref = np.zeros((2, s, s, 3), np.uint8)
-    ref[:, 5:5 + b, 7:7 + b] = (230, 25, 25)
-    target = np.zeros_like(ref)
-    target[0, 5:5 + b, 8:8 + b] = (230, 25, 25)  # moved right by one pixel
-    target[1] = ref[1]  # not moved
-    target[1, 0, 0] = (5, 5, 5)  # below the threshold: not a change
-    weights = np.asarray(masked.change_weight_map(target, ref, factor=2, change_weight=4.0))
-    assert weights.shape == (2, 16, 16, 1)
-    changed = np.zeros((s, s), bool)
-    changed[5:5 + b, 7] = changed[5:5 + b, 7 + b] = True
-    cells = changed.reshape(16, 2, 16, 2).any(axis=(1, 3))
-    np.testing.assert_array_equal(weights[0, ..., 0], np.where(cells, 5.0, 1.0))
-    np.testing.assert_array_equal(weights[1], np.ones((16, 16, 1)))
-    np.testing.assert_array_equal(masked.change_weight_map(target, ref, 2, 0.0), np.ones((2, 16, 16, 1)))
-    with pytest.raises(ValueError, match="do not divide"):
-        masked.change_weight_map(target, ref, 3, 1.0)
-    with pytest.raises(ValueError, match="both be"):
-        masked.change_weight_map(target[:1], ref, 2, 1.0)
-    with pytest.raises(ValueError, match=">= 0"):
-        masked.change_weight_map(target, ref, 2, -1.0)
-
-
 def test_loss_gradients_are_finite():
     s = _schedule("epsilon")
     x0, x_ref, noise, pred, mask = _batch(7)
@@ -224,14 +197,6 @@ def test_augmentation_levels_uniform_in_range():
         masked.augment_references(s, jax.random.key(0), refs, 1.5)
 
 
-def test_noise_level_plane():
-    plane = masked.noise_level_plane(jnp.array([0.0, 0.25, 1.0]), (3, 4, 5, 8))
-    assert plane.shape == (3, 4, 5, 1) and plane.dtype == jnp.float32
-    np.testing.assert_array_equal(plane[:, 0, 0, 0], [0.0, 0.25, 1.0])
-    assert bool(jnp.all(plane == plane[:, :1, :1]))
-    np.testing.assert_array_equal(masked.noise_level_plane(0.1, (2, 3, 3)), np.full((2, 3, 3, 1), 0.1, np.float32))
-
-
 # ------------------------------------------------------------ conditioning dropout
 
 def test_drop_conditioning_statistics():
@@ -273,29 +238,3 @@ def test_apply_drops():
     np.testing.assert_array_equal(out[1], empty)
     np.testing.assert_array_equal(out[::2], text[::2])
     np.testing.assert_allclose(masked.mask_from_logits(jnp.array([0.0, 10.0])), [0.5, 1 / (1 + np.exp(-10))])
-
-
-def test_foreground_weight_map():
-    """The object's latent cells (and only those) get 1 + w, on any background; the background is the median colour."""
-    from artv_jax.data import shapes
-
-    s, b = 32, shapes.box_size(32)
-    frames = np.zeros((2, s, s, 3), np.uint8)
-    frames[1] = (128, 128, 128)
-    frames[0, 5:5 + b, 7:7 + b] = (230, 25, 25)
-    frames[1, 20:20 + b, 1:1 + b] = (0, 0, 0)  # darker than the background: foreground too
-    frames[1, 0, 31] = (133, 123, 128)  # within the threshold of the background
-    weights = np.asarray(masked.foreground_weight_map(frames, factor=2, foreground_weight=4.0))
-    assert weights.shape == (2, 16, 16, 1)
-    for i, (y, x) in enumerate([(5, 7), (20, 1)]):
-        obj = np.zeros((s, s), bool)
-        obj[y:y + b, x:x + b] = True
-        cells = obj.reshape(16, 2, 16, 2).any(axis=(1, 3))
-        np.testing.assert_array_equal(weights[i, ..., 0], np.where(cells, 5.0, 1.0))
-    np.testing.assert_array_equal(masked.foreground_weight_map(frames, 2, 0.0), np.ones((2, 16, 16, 1)))
-    with pytest.raises(ValueError, match="do not divide"):
-        masked.foreground_weight_map(frames, 3, 1.0)
-    with pytest.raises(ValueError, match=r"\(B, H, W, C\)"):
-        masked.foreground_weight_map(frames[0], 2, 1.0)
-    with pytest.raises(ValueError, match=">= 0"):
-        masked.foreground_weight_map(frames, 2, -1.0)

@@ -39,8 +39,10 @@ def test_fvd_missing_inputs(tmp_path):
     line = _run("fvd_ucf101", f"--workdir={tmp_path}", f"--ucf101={ucf}", f"--i3d={tmp_path / 'rgb.pt'}")
     assert f"no I3D weights at '{tmp_path / 'rgb.pt'}'" in line and "rgb_imagenet.pt" in line
     (tmp_path / "rgb.pt").write_bytes(b"")
+    line = _run("fvd_ucf101", f"--ucf101={ucf}", f"--i3d={tmp_path / 'rgb.pt'}")
+    assert "give --workdir, a training run's directory" in line
     line = _run("fvd_ucf101", f"--workdir={tmp_path / 'run'}", f"--ucf101={ucf}", f"--i3d={tmp_path / 'rgb.pt'}")
-    assert "no checkpoints in" in line and "--workdir must be a training run's directory" in line
+    assert f"no checkpoints in '{tmp_path / 'run'}' (expected {tmp_path / 'run'}/checkpoints/<step>/)" in line
 
 
 def test_clipsim_missing_inputs(tmp_path):

@@ -48,7 +48,6 @@ def test_multi_prompt_then_continuation_keeps_the_given_frames(workdir, tmp_path
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--prompt=x", "--workdir=/nonexistent"], "no checkpoints in"),
     ([], "give at least one --prompt"),
     (["--prompt=a", "--prompt=b"], "several --prompt values need --frames"),
     (["--prompt=a", "--frames=0"], "--frames must be positive"),
@@ -66,4 +65,16 @@ def test_bad_input_is_one_line(workdir, tmp_path, args, message):
     assert out.returncode == 2
     assert message in out.stderr
     assert "Traceback" not in out.stderr
-    assert len([line for line in out.stderr.splitlines() if line.startswith("artv_jax.sample: error")]) == 1
+    lines = out.stderr.splitlines()  # once the model has loaded, its loggers may have written before
+    errors = [line for line in lines if line.startswith("artv_jax.sample: error: ")]
+    assert len(errors) == 1 and lines[-1] == errors[0], out.stderr
+
+
+def test_missing_workdir_is_one_stderr_line(tmp_path):
+    """The error style of every CLI (runs.usage_errors): exactly one line, `<program>: error: <message>`, status 2."""
+    missing = tmp_path / "no_run"
+    out = subprocess.run([sys.executable, "-m", "artv_jax.sample", f"--workdir={missing}", "--prompt=x"], cwd=REPO,
+                         env=_env(), capture_output=True, text=True, timeout=600)
+    assert out.returncode == 2
+    assert out.stderr.splitlines() == [
+        f"artv_jax.sample: error: no checkpoints in '{missing}' (expected {missing}/checkpoints/<step>/)."]

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from artv_jax.diffusion.schedule import NoiseSchedule, training_timesteps
+from artv_jax.diffusion.schedule import NoiseSchedule
 
 diffusers = pytest.importorskip("diffusers")
 torch = pytest.importorskip("torch")
@@ -232,29 +232,3 @@ def test_ddim_step_batched_timesteps_and_loops():
     np.testing.assert_allclose(looped, reference, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="needs `noise`"):
         s.ddim_step(out, t, t_prev, x, 0.5)
-
-
-def test_training_timesteps_uniform_and_logit_normal():
-    key = jax.random.PRNGKey(3)
-    # Uniform: exactly the draw the train step made before the option existed.
-    np.testing.assert_array_equal(training_timesteps(key, 64, 1000), jax.random.randint(key, (64,), 0, 1000))
-    np.testing.assert_array_equal(training_timesteps(key, 64, 1000, ()), jax.random.randint(key, (64,), 0, 1000))
-    # Logit-normal: t = floor(T * sigmoid(loc + scale * n)); its quantiles follow from the normal's.
-    loc, scale, n = -0.85, 1.2, 200_000
-    t = np.asarray(training_timesteps(key, n, 1000, (loc, scale)))
-    assert t.dtype == np.int32 and t.min() >= 0 and t.max() <= 999
-    logit = lambda q: np.log(q / (1 - q))
-    z = np.sort(np.asarray(jax.random.normal(key, (n,))))
-    for lo, hi in ((0, 100), (200, 450), (700, 1000)):
-        # fraction in [lo, hi) equals that of n in [(logit(lo/T) - loc)/scale, (logit(hi/T) - loc)/scale)
-        a = -np.inf if lo == 0 else (logit(lo / 1000) - loc) / scale
-        b = np.inf if hi == 1000 else (logit(hi / 1000) - loc) / scale
-        expected = np.searchsorted(z, b) - np.searchsorted(z, a)
-        assert abs(((t >= lo) & (t < hi)).sum() - expected) <= n * 1e-4, (lo, hi)
-    assert abs(np.median(t) - 1000 / (1 + np.exp(-loc))) <= 2
-    # The middle noise levels get more of the steps than under uniform sampling.
-    assert ((t >= 200) & (t < 450)).mean() > 0.35
-    with pytest.raises(ValueError, match="scale must be positive"):
-        training_timesteps(key, 4, 1000, (0.0, 0.0))
-    with pytest.raises(ValueError, match=r"\(\) or \(loc, scale\)"):
-        training_timesteps(key, 4, 1000, (0.0,))

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from artv_jax.data import shapes
-from artv_jax.data import shapes_score as score
+from artv_jax.metrics import shapes_score as score
 
 ATTRIBUTES = ("background", "colour", "shape", "direction")
 

@@ -59,13 +59,12 @@ CHILD = textwrap.dedent('''
         if path[-1] == "kernel" and x.shape[-1] % 4 == 0:
             assert specs[path][-1] == "fsdp", path
     # sharded init: params come out laid out as specified
-    shardings = sharding.param_shardings(shapes, rules, mesh)
+    shardings = sharding.tree_shardings(shapes, rules, mesh)
     params = jax.jit(lambda k: unet.init(k, jnp.zeros((1, 8, 8, 4)), jnp.zeros((1,), jnp.int32),
                                          jnp.zeros((1, 3, 16)))["params"], out_shardings=shardings)(jax.random.PRNGKey(0))
     q = params["down_blocks_0"]["attentions_0"]["transformer_blocks_0"]["attn1"]["to_q"]["kernel"]
     assert q.sharding.spec == P(None, "fsdp") and q.addressable_shards[0].data.shape == (32, 8)
     assert sharding.batch_spec(rules, 4) == P(("data", "fsdp"), None, None, None)
-    assert sharding.batch_size_divisor(rules, mesh) == 8
     print(sharding.describe(shapes, rules, mesh))
     print("OK")
 ''')

@@ -192,9 +192,9 @@ def test_cli_trains_the_shapes_default_and_the_loss_falls(tmp_path):
     import jax
     from flax import traverse_util
 
-    from artv_jax import checkpoint, sample
+    from artv_jax import checkpoint, runs
 
-    comps, params, config = sample.load(str(workdir))
+    comps, params, config = runs.load(str(workdir))
     assert tuple(config.train.trainable) == ("artv",) and set(params) == {"artv", "text"}
     init_text = comps.init(jax.random.split(jax.random.PRNGKey(config.seed), 3)[0])["text"]
     flat = lambda tree: traverse_util.flatten_dict(tree, sep="/")
@@ -214,5 +214,5 @@ def test_cli_trains_the_shapes_default_and_the_loss_falls(tmp_path):
     import shutil
 
     shutil.rmtree(workdir / "checkpoints" / "40" / "frozen")
-    with pytest.raises(sample.UsageError, match=r"\['text'\].*frozen"):
-        sample.load(str(workdir))
+    with pytest.raises(runs.UsageError, match=r"\['text'\].*frozen"):
+        runs.load(str(workdir))

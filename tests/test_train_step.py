@@ -79,24 +79,6 @@ def test_foreground_weight_adds_to_the_change_weight_on_every_frame():
     np.testing.assert_allclose(loss(1.0, 0.0, 2.0, flat), loss(1.0, 0.0, 0.0, flat), rtol=1e-6)
 
 
-def test_start_t_logit_normal_gives_the_first_steps_their_own_timesteps():
-    """First steps (frame_index == stride) with their references take the start density's timesteps, the others
-    the main one's; without the option the draw is exactly the main density's (no extra randomness consumed)."""
-    key = jax.random.PRNGKey(6)
-    batch = {"target": np.zeros((5, 4, 4, 3), np.uint8),
-             "frame_index": np.array([1, 5, 2, 2, 3], np.int32), "stride": np.array([1, 1, 2, 1, 3], np.int32)}
-    objective = {"t_logit_normal": (-12.0, 0.01), "start_t_logit_normal": (12.0, 0.01)}  # t = 0, t = 999
-    np.testing.assert_array_equal(ts.tuple_timesteps(key, batch, 1000, objective), [999, 0, 999, 0, 999])
-    dropped = np.array([True, False, False, True, False])  # text-only frames keep the main density
-    np.testing.assert_array_equal(ts.tuple_timesteps(key, batch, 1000, objective, dropped), [0, 0, 999, 0, 999])
-
-    plain = {"t_logit_normal": (0.0, 1.0)}
-    np.testing.assert_array_equal(ts.tuple_timesteps(key, batch, 1000, {**plain, "start_t_logit_normal": ()}),
-                                  ts.training_timesteps(key, 5, 1000, (0.0, 1.0)))
-    np.testing.assert_array_equal(ts.tuple_timesteps(key, {"target": batch["target"]}, 1000, plain),
-                                  ts.training_timesteps(key, 5, 1000, (0.0, 1.0)))
-
-
 def test_start_t_logit_normal_without_frame_index_names_the_missing_keys():
     config, comps, params, batch = _setup(start_t_logit_normal=(2.0, 1.0))
     assert np.isfinite(float(ts.loss_fn(comps, config, params, batch, jax.random.PRNGKey(0))[0]))

@@ -22,11 +22,11 @@ def tiny_config(num_steps: int, checkpoint_every: int, global_batch: int = 8, me
     from configs import shapes as shapes_config
 
     c = shapes_config.get_config()
-    c.model.unet = dict(block_out_channels=(32, 32), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+    c.model.unet.update(block_out_channels=(32, 32), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
                         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), layers_per_block=1, num_heads=2,
                         norm_num_groups=8, addition_embed_type="text", addition_embed_type_num_heads=2,
                         resnet_time_scale_shift="scale_shift")  # the default's text pooling and scale-shift ResNets
-    c.model.text = dict(hidden_size=32, num_layers=1, num_heads=2, max_length=12)
+    c.model.text.update(hidden_size=32, num_layers=1, num_heads=2, max_length=12)
     c.train.trainable = ("artv", "text")  # the default freezes the encoder; these runs cover training it too
     c.train.num_steps = num_steps
     c.train.global_batch = global_batch

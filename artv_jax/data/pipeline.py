@@ -10,7 +10,7 @@ not done here (the train step does it).
     shard = pipeline.shapes_shard("train")      # or tfds_shard("webvid/256", "train", data_dir=D)
     it = pipeline.TupleIterator(shard, global_batch=64, tokenize=tok, num_ref_frames=1,
                                 stride_range=(1, 1), seed=0, state=restored_state_or_None)
-    sharding = pipeline.batch_sharding(mesh)    # P(('data', 'fsdp')) on the batch axis
+    sharding = NamedSharding(mesh, P(('data', 'fsdp')))  # the batch axis (train.py: sharding.batch_spec)
     pipeline.check_global_batch(64, sharding)  # fail at start-up, not at the first step
     for host_batch in it:
         batch = pipeline.make_global_batch(host_batch, sharding)  # dict of global jax.Arrays
@@ -33,7 +33,7 @@ exactly the batches the saved run would have produced next.
   `np.random.default_rng([seed, 1, e, g])`, independent of host count and batching;
   `start_fraction` > 0 makes a share of them the clip's first step (`sample_tuple`).
 - Frames are delivered as uint8 (H, W, 3): a quarter of the host-to-device
-  traffic of float32. Map them to [-1, 1] on device with `to_model_range`.
+  traffic of float32. Map them to [-1, 1] on device with `pixels.to_model_range`.
 - Batches are produced by a background thread into a bounded queue.
 
 TensorFlow Datasets is imported only by `tfds_shard`.
@@ -46,11 +46,11 @@ import dataclasses
 import io
 import queue
 import threading
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
 
 from artv_jax.data import shapes
 
@@ -221,11 +221,6 @@ def _frame(video, k: int) -> np.ndarray:
 
     with Image.open(io.BytesIO(video[k])) as img:
         return np.asarray(img.convert("RGB"))
-
-
-def to_model_range(frames):
-    """uint8 frames -> float32 in [-1, 1] (use inside the jitted step, works on jax and numpy arrays)."""
-    return frames.astype("float32") / 127.5 - 1.0
 
 
 # --------------------------------------------------------------------------
@@ -421,15 +416,6 @@ def local_batch_size(global_batch: int, process_count: int | None = None) -> int
     return global_batch // n_proc
 
 
-def batch_sharding(mesh: Mesh, batch_axes: str | Sequence[str] = ("data", "fsdp")) -> NamedSharding:
-    """Shards the leading (batch) axis over `batch_axes` of `mesh`; other axes replicated."""
-    axes = (batch_axes,) if isinstance(batch_axes, str) else tuple(batch_axes)
-    unknown = [a for a in axes if a not in mesh.shape]
-    if unknown:
-        raise ValueError(f"batch axes {unknown} are not axes of the mesh {dict(mesh.shape)}")
-    return NamedSharding(mesh, P(axes))
-
-
 def check_global_batch(global_batch: int, sharding: NamedSharding, process_count: int | None = None) -> None:
     """ValueError unless `global_batch` divides over the hosts and over the devices of the batch axes."""
     local_batch_size(global_batch, process_count)
@@ -452,9 +438,3 @@ def make_global_batch(host_batch: dict[str, np.ndarray], sharding: NamedSharding
         check_global_batch(global_shape[0], sharding)
         out[key] = jax.make_array_from_process_local_data(sharding, local, global_shape)
     return out
-
-
-def global_batches(iterator: TupleIterator, sharding: NamedSharding) -> Iterator[dict[str, jax.Array]]:
-    """`make_global_batch` over an iterator (the iterator's state stays readable via `iterator.get_state()`)."""
-    for host_batch in iterator:
-        yield make_global_batch(host_batch, sharding)

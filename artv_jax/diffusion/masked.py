@@ -92,7 +92,7 @@ def masked_loss(schedule: NoiseSchedule, pred, mask, x_t, t, x_ref, target, weig
       weight: optional (B,) per-example weights (e.g. min-SNR); the mean is
         still over B, so weights of 1 give the plain mean.
       pixel_weight: optional (B, H, W, 1) per-position weights (e.g.
-        `change_weight_map`), applied to every channel; the mean is still over
+        `weighting.pixel_weights`), applied to every channel; the mean is still over
         H, W, C, so weights of 1 give the plain mean.
 
     Returns:
@@ -118,72 +118,6 @@ def masked_loss(schedule: NoiseSchedule, pred, mask, x_t, t, x_ref, target, weig
     metrics = {"loss": loss, "loss_raw": jnp.mean(per_example_raw),
                "mask_mean": jnp.mean(jnp.asarray(mask, jnp.float32))}
     return loss, metrics
-
-
-def change_weight_map(target_frames, ref_frames, factor: int, change_weight: float, threshold: int = 8
-                      ) -> jax.Array:
-    """Loss weights 1 + change_weight · [the frame changed there], on the latent grid: (B, H/f, W/f, 1).
-
-    A pixel has changed when any channel differs from the previous frame by
-    more than `threshold` (uint8 units); a latent position (an f x f pixel
-    cell) has changed when any of its pixels has. The changes between
-    consecutive frames are a few percent of the pixels (a 10-pixel square
-    moving 1 px changes 20 of 1024), so the plain MSE hardly sees the motion
-    it should learn; this weight makes it.
-
-    Args:
-      target_frames, ref_frames: (B, H, W, 3) uint8 (or integer) frames.
-      factor: the autoencoder's downsampling factor f (H and W divisible by it).
-      change_weight: the extra weight of a changed position (0: all ones).
-      threshold: per-channel difference, in 0..255, above which a pixel changed.
-    """
-    if change_weight < 0:
-        raise ValueError(f"change_weight must be >= 0, got {change_weight}.")
-    target_frames, ref_frames = jnp.asarray(target_frames), jnp.asarray(ref_frames)
-    if target_frames.shape != ref_frames.shape or target_frames.ndim != 4:
-        raise ValueError(f"target and reference frames must both be (B, H, W, C), got {target_frames.shape} "
-                         f"and {ref_frames.shape}.")
-    diff = jnp.abs(target_frames.astype(jnp.int32) - ref_frames.astype(jnp.int32))
-    return _cell_weights(jnp.max(diff, axis=-1) > threshold, factor, change_weight)
-
-
-def foreground_weight_map(frames, factor: int, foreground_weight: float, threshold: int = 8) -> jax.Array:
-    """Loss weights 1 + foreground_weight · [not background], on the latent grid: (B, H/f, W/f, 1).
-
-    For flat-background data such as the shapes world: the background is
-    each frame's per-channel median colour (it covers most of the frame), and
-    a pixel is foreground when any channel differs from it by more than
-    `threshold`; a latent position (an f x f cell) is foreground when any of
-    its pixels is. A 10-pixel object is a tenth of a 32x32 frame, so the
-    plain MSE is mostly background, which the model gets right early; the
-    object's outline, which carries its shape, is a few percent of the loss.
-    Meaningless for natural video (no flat background): leave it 0 there.
-
-    Args:
-      frames: (B, H, W, 3) uint8 (or integer) frames.
-      factor: the autoencoder's downsampling factor f (H and W divisible by it).
-      foreground_weight: the extra weight of a foreground position (0: all ones).
-      threshold: per-channel difference from the background, in 0..255.
-    """
-    if foreground_weight < 0:
-        raise ValueError(f"foreground_weight must be >= 0, got {foreground_weight}.")
-    frames = jnp.asarray(frames)
-    if frames.ndim != 4:
-        raise ValueError(f"frames must be (B, H, W, C), got {frames.shape}.")
-    b, h, w, c = frames.shape
-    pixels = frames.astype(jnp.int32)
-    background = jnp.median(pixels.reshape(b, h * w, c), axis=1)  # (B, C)
-    foreground = jnp.max(jnp.abs(pixels - background[:, None, None, :].astype(jnp.int32)), axis=-1) > threshold
-    return _cell_weights(foreground, factor, foreground_weight)
-
-
-def _cell_weights(pixel_mask, factor: int, weight: float) -> jax.Array:
-    """(B, H, W) bool pixels -> (B, H/f, W/f, 1) float32 weights 1 + weight · [any pixel of the f x f cell]."""
-    b, h, w = pixel_mask.shape
-    if h % factor or w % factor:
-        raise ValueError(f"frames of {h}x{w} do not divide into {factor}x{factor} latent cells.")
-    cells = pixel_mask.reshape(b, h // factor, factor, w // factor, factor).any(axis=(2, 4))
-    return 1.0 + weight * cells[..., None].astype(jnp.float32)
 
 
 def _check_mask(mask, like, name: str = "mask") -> jax.Array:
@@ -221,7 +155,8 @@ def augment_references(schedule: NoiseSchedule, key, refs, s_max) -> tuple[jax.A
 
     The level s is a fraction of the forward process in [0, 1] (see
     `augment_at_level`), the same number the adapter receives as its constant
-    input plane (`noise_level_plane`) and the sampler uses as its fixed `s_infer`.
+    input plane (`models.adapter.noise_level_plane`) and the sampler uses as
+    its fixed `s_infer`.
 
     Returns:
       (noisy refs (B, H, W, R·C) float32, levels s (B,) float32).
@@ -233,16 +168,6 @@ def augment_references(schedule: NoiseSchedule, key, refs, s_max) -> tuple[jax.A
     level = jax.random.uniform(k_level, (refs.shape[0],), jnp.float32) * s_max
     noise = jax.random.normal(k_noise, refs.shape, jnp.float32)
     return augment_at_level(schedule, refs, noise, level), level
-
-
-def noise_level_plane(level, shape) -> jax.Array:
-    """The adapter's constant input plane: (B, H, W, 1) filled with each example's level s in [0, 1].
-
-    `shape` is (B, H, W) or any (B, H, W, ...) whose first three entries are used.
-    """
-    b, h, w = tuple(shape)[:3]
-    level = jnp.broadcast_to(jnp.asarray(level, jnp.float32), (b,))
-    return jnp.broadcast_to(level[:, None, None, None], (b, h, w, 1))
 
 
 # ------------------------------------------------------------ conditioning dropout

@@ -320,25 +320,6 @@ class NoiseSchedule:
         return x_prev + jnp.sqrt(jnp.maximum(1.0 - a_prev - std ** 2, 0.0)) * eps + std * _f32(noise)
 
 
-def training_timesteps(key, batch: int, num_train_timesteps: int, logit_normal=None) -> jax.Array:
-    """(batch,) int32 timesteps to train on: uniform over 0 … T-1, or logit-normal.
-
-    logit_normal: None or () (uniform), or (loc, scale): t = ⌊T · sigmoid(loc + scale · n)⌋ with n ~ N(0, 1),
-    the timestep density of Stable Diffusion 3 ("Scaling rectified flow transformers", Esser et al. 2024),
-    which spends the steps on the middle noise levels, where the outline of an object is decided, rather
-    than on the nearly clean and the nearly pure-noise ends. loc = logit(q) centres it at t = q · T.
-    """
-    if logit_normal is None or len(logit_normal) == 0:
-        return jax.random.randint(key, (batch,), 0, num_train_timesteps)
-    if len(logit_normal) != 2:
-        raise ValueError(f"logit_normal must be () or (loc, scale), got {tuple(logit_normal)}.")
-    loc, scale = (float(v) for v in logit_normal)
-    if not scale > 0:
-        raise ValueError(f"logit_normal scale must be positive, got {scale}.")
-    u = jax.nn.sigmoid(loc + scale * jax.random.normal(key, (batch,), jnp.float32))
-    return jnp.clip(jnp.floor(u * num_train_timesteps).astype(jnp.int32), 0, num_train_timesteps - 1)
-
-
 def _f32(x) -> jax.Array:
     return jnp.asarray(x, jnp.float32)
 

@@ -32,13 +32,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from artv_jax.metrics.generation import (
-    MissingInput,
-    define_flags,
-    fail,
-    generate_videos,
-    load_run,
-)
+from artv_jax import runs
+from artv_jax.metrics.generation import define_flags, generate_videos
 
 PROGRAM = "artv_jax.metrics.clipsim_msrvtt"
 ANNOTATION_FILES = ("test_videodatainfo.json", "MSRVTT_data.json")
@@ -48,14 +43,14 @@ CLIP_FILES = ("config.json", "vocab.json", "merges.txt")
 
 
 def find_annotations(path: str) -> str:
-    """The MSR-VTT annotation JSON: `path` itself, or the first of ANNOTATION_FILES inside it; else MissingInput."""
+    """The MSR-VTT annotation JSON: `path` itself, or the first of ANNOTATION_FILES inside it; else UsageError."""
     if path and os.path.isfile(path):
         return path
     for name in ANNOTATION_FILES:
         if path and os.path.isfile(os.path.join(path, name)):
             return os.path.join(path, name)
-    raise MissingInput(f"no MSR-VTT annotations at {path!r}: need {' or '.join(ANNOTATION_FILES)} (MSR-VTT's "
-                       f"test_videodatainfo.json from {MSRVTT_URL}) in the --msrvtt directory, or its path.")
+    raise runs.UsageError(f"no MSR-VTT annotations at {path!r}: need {' or '.join(ANNOTATION_FILES)} (MSR-VTT's "
+                          f"test_videodatainfo.json from {MSRVTT_URL}) in the --msrvtt directory, or its path.")
 
 
 def read_test_captions(annotation_file: str, which: str = "all") -> list[tuple[str, str]]:
@@ -85,15 +80,15 @@ def _video_number(video_id: str) -> int:
 
 
 def check_clip(path: str) -> None:
-    """MissingInput unless `path` is a CLIPModel directory with its tokenizer files and a weight file."""
+    """UsageError unless `path` is a CLIPModel directory with its tokenizer files and a weight file."""
     present = path and os.path.isdir(path)
     missing = [f for f in CLIP_FILES if not (present and os.path.isfile(os.path.join(path, f)))]
     if present and not any(f.endswith((".safetensors", ".bin")) for f in os.listdir(path)):
         missing.append("model.safetensors")
     if missing:
-        raise MissingInput(f"no CLIP model at {path!r} ({', '.join(missing)} missing): need a transformers CLIPModel "
-                           f"directory with its tokenizer, e.g. {CLIP_URL} (config.json, model.safetensors, vocab.json, "
-                           f"merges.txt, tokenizer_config.json), passed as --clip.")
+        raise runs.UsageError(f"no CLIP model at {path!r} ({', '.join(missing)} missing): need a transformers "
+                              f"CLIPModel directory with its tokenizer, e.g. {CLIP_URL} (config.json, "
+                              f"model.safetensors, vocab.json, merges.txt, tokenizer_config.json), passed as --clip.")
 
 
 def evaluate(comps, params, config, captions: Sequence[tuple[str, str]], clip_dir: str, *, num_frames: int = 16,
@@ -135,7 +130,7 @@ def main(argv):
     from absl import flags
 
     FLAGS = flags.FLAGS
-    try:
+    with runs.usage_errors(PROGRAM):
         if FLAGS.captions not in ("all", "first"):
             raise ValueError(f"--captions must be all or first, got {FLAGS.captions!r}.")
         annotations = find_annotations(FLAGS.msrvtt)
@@ -143,9 +138,9 @@ def main(argv):
         captions = read_test_captions(annotations, FLAGS.captions)
         if FLAGS.limit:
             captions = captions[:FLAGS.limit]
-        comps, params, config = load_run(FLAGS.workdir, FLAGS.step)  # the slow part comes after the cheap checks
-    except (MissingInput, ValueError) as e:
-        fail(PROGRAM, e)
+        if not FLAGS.workdir:
+            raise runs.UsageError("give --workdir, a training run's directory (with checkpoints/<step>/ in it).")
+        comps, params, config = runs.load(FLAGS.workdir, FLAGS.step)  # the slow part comes after the cheap checks
     report = evaluate(comps, params, config, captions, FLAGS.clip, num_frames=FLAGS.num_frames, batch=FLAGS.batch,
                       seed=FLAGS.seed, steps=FLAGS.steps, guidance=FLAGS.guidance)
     report.update(workdir=os.path.abspath(FLAGS.workdir), step=FLAGS.step, annotations=os.path.abspath(annotations),

@@ -34,13 +34,8 @@ from collections.abc import Iterable, Iterator
 
 import numpy as np
 
-from artv_jax.metrics.generation import (
-    MissingInput,
-    define_flags,
-    fail,
-    generate_videos,
-    load_run,
-)
+from artv_jax import runs
+from artv_jax.metrics.generation import define_flags, generate_videos
 
 PROGRAM = "artv_jax.metrics.fvd_ucf101"
 UCF101_URL = "https://www.crcv.ucf.edu/data/UCF101.php"
@@ -58,11 +53,11 @@ def list_ucf101(root: str) -> dict[str, list[str]]:
     """{class name: sorted video paths} of an extracted UCF-101 (`root/<ClassName>/v_<ClassName>_gXX_cYY.avi`).
 
     Raises:
-        MissingInput: `root` is not a directory or holds no class folders with videos.
+        UsageError: `root` is not a directory or holds no class folders with videos.
     """
     where = f"download UCF101.rar from {UCF101_URL}, extract it and pass the UCF-101 folder as --ucf101"
     if not root or not os.path.isdir(root):
-        raise MissingInput(f"no UCF-101 directory at {root!r}: {where}.")
+        raise runs.UsageError(f"no UCF-101 directory at {root!r}: {where}.")
     classes = {}
     for name in sorted(os.listdir(root)):
         folder = os.path.join(root, name)
@@ -71,15 +66,15 @@ def list_ucf101(root: str) -> dict[str, list[str]]:
             if videos:
                 classes[name] = videos
     if not classes:
-        raise MissingInput(f"no <ClassName>/*.avi videos under {root!r}: {where}.")
+        raise runs.UsageError(f"no <ClassName>/*.avi videos under {root!r}: {where}.")
     return classes
 
 
 def check_i3d(path: str) -> None:
-    """MissingInput unless `path` is a file (the I3D weights)."""
+    """UsageError unless `path` is a file (the I3D weights)."""
     if not path or not os.path.isfile(path):
-        raise MissingInput(f"no I3D weights at {path!r}: download rgb_imagenet.pt (Kinetics-400 I3D) from {I3D_URL} "
-                           f"and pass it as --i3d.")
+        raise runs.UsageError(f"no I3D weights at {path!r}: download rgb_imagenet.pt (Kinetics-400 I3D) from "
+                              f"{I3D_URL} and pass it as --i3d.")
 
 
 def centre_square(frames: np.ndarray) -> np.ndarray:
@@ -191,24 +186,22 @@ def main(argv):
     from absl import flags
 
     FLAGS = flags.FLAGS
-    try:
+    with runs.usage_errors(PROGRAM):
         if FLAGS.feature not in ("logits", "pool"):
             raise ValueError(f"--feature must be logits or pool, got {FLAGS.feature!r}.")
         classes = list_ucf101(FLAGS.ucf101)
         check_i3d(FLAGS.i3d)
-        comps, params, config = load_run(FLAGS.workdir, FLAGS.step)  # the slow part comes after the cheap checks
-    except (MissingInput, ValueError) as e:
-        fail(PROGRAM, e)
+        if not FLAGS.workdir:
+            raise runs.UsageError("give --workdir, a training run's directory (with checkpoints/<step>/ in it).")
+        comps, params, config = runs.load(FLAGS.workdir, FLAGS.step)  # the slow part comes after the cheap checks
     num_videos = FLAGS.limit or FLAGS.num_videos
     num_real = FLAGS.limit or FLAGS.num_real or num_videos
-    try:
+    with runs.usage_errors(PROGRAM):
         report, embeds = evaluate(
             comps, params, config, classes, FLAGS.i3d, num_videos=num_videos, num_real=num_real,
             num_frames=FLAGS.num_frames, stride=FLAGS.stride, feature=FLAGS.feature,
             prompt_template=FLAGS.prompt_template, batch=FLAGS.batch, seed=FLAGS.seed, steps=FLAGS.steps,
             guidance=FLAGS.guidance)
-    except ValueError as e:
-        fail(PROGRAM, e)
     report.update(workdir=os.path.abspath(FLAGS.workdir), step=FLAGS.step, ucf101=os.path.abspath(FLAGS.ucf101),
                   limited=bool(FLAGS.limit))
     out = FLAGS.out or os.path.join(FLAGS.workdir, "metrics", "fvd_ucf101.json")

@@ -20,12 +20,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from artv_jax import weights
-from artv_jax.diffusion.masked import noise_level_plane
 from artv_jax.models.layers import Dtype, conv, pixel_unshuffle
 
 __all__ = [
-    "FullAdapter", "AdapterBlock", "AdapterResnetBlock", "pixel_unshuffle", "avg_pool_ceil", "adapter_input",
-    "adapter_in_channels", "adapter_config_dict", "adapter_from_config", "adapter_state_dict",
+    "FullAdapter", "AdapterBlock", "AdapterResnetBlock", "pixel_unshuffle", "avg_pool_ceil", "noise_level_plane",
+    "adapter_input", "adapter_in_channels", "adapter_config_dict", "adapter_from_config", "adapter_state_dict",
     "adapter_params_from_state_dict", "load_adapter",
 ]
 
@@ -182,6 +181,16 @@ def adapter_in_channels(num_ref_frames: int, latent_channels: int = 4) -> int:
     if num_ref_frames < 1 or latent_channels < 1:
         raise ValueError(f"need num_ref_frames >= 1 and latent_channels >= 1, got {num_ref_frames}, {latent_channels}.")
     return latent_channels * (num_ref_frames + 1) + 1
+
+
+def noise_level_plane(level, shape) -> jax.Array:
+    """The adapter's constant input plane: (B, H, W, 1) filled with each example's level s in [0, 1].
+
+    `shape` is (B, H, W) or any (B, H, W, ...) whose first three entries are used.
+    """
+    b, h, w = tuple(shape)[:3]
+    level = jnp.broadcast_to(jnp.asarray(level, jnp.float32), (b,))
+    return jnp.broadcast_to(level[:, None, None, None], (b, h, w, 1))
 
 
 def adapter_input(

@@ -4,7 +4,7 @@ Reads each frame back into the world's terms (background, object colour, shape,
 position, number of objects) and says whether a video follows its caption, moves
 at 1 px/frame in the captioned direction, and stays coherent over a long rollout:
 
-    from artv_jax.data import shapes_score
+    from artv_jax.metrics import shapes_score
     shapes_score.read_frame(frame)                     # one (S, S, 3) frame -> dict
     shapes_score.read_video(video)                     # (T, S, S, 3) -> per-frame series + summary
     shapes_score.score_video(video, "a red square moving left on a black background")

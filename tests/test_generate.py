@@ -1,0 +1,55 @@
+"""generate.generate_batches: fixed-size batches keyed by their start offset, the last one padded and trimmed."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+
+from artv_jax import generate
+
+PROMPTS = ("a red square moving right on a black background", "a blue circle moving up on a white background",
+           "a yellow triangle moving left on a gray background")
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """Components, random parameters and a 2-step sampler of a tiny shapes-world model (no training)."""
+    from train_worker import tiny_config
+
+    from artv_jax import components as components_lib, config as config_lib
+
+    config = tiny_config(num_steps=1, checkpoint_every=1)
+    config.sample.num_steps = 2
+    config = config_lib.validate(config)
+    comps, _ = components_lib.build(config)
+    params = comps.init(jax.random.PRNGKey(0))
+    return comps, params, generate.make_sampler(comps, config.sample, config.model)
+
+
+def test_last_batch_is_padded_by_its_last_video_and_keyed_by_its_start(tiny):
+    comps, params, sampler = tiny
+    key = jax.random.PRNGKey(3)
+    size = comps.frame_size
+    first = np.random.default_rng(0).integers(0, 256, (3, 1, size, size, 3), dtype=np.uint8)  # image-to-video
+    got = list(generate.generate_batches(comps, params, sampler, PROMPTS, 3, key, batch=2, first_frames=first))
+    assert [v.shape for v in got] == [(2, 3, size, size, 3), (1, 3, size, size, 3)]
+
+    # By hand: batch [0, 2) with fold_in(key, 0); batch [2, 3) padded to 2 with video 2, with fold_in(key, 2).
+    head = generate.generate(comps, params, sampler, list(PROMPTS[:2]), 3, jax.random.fold_in(key, 0),
+                             first_frames=first[:2])
+    tail = generate.generate(comps, params, sampler, [PROMPTS[2]] * 2, 3, jax.random.fold_in(key, 2),
+                             first_frames=first[[2, 2]])
+    np.testing.assert_array_equal(got[0], head)
+    np.testing.assert_array_equal(got[1], tail[:1])
+    np.testing.assert_array_equal(got[1][:, 0], first[2:, 0])  # the given frame is kept
+    # Noise is drawn per element (threefry partitionable), so padding leaves the real videos as an unpadded
+    # batch makes them: the same videos as before batches were padded.
+    alone = generate.generate(comps, params, sampler, [PROMPTS[2]], 3, jax.random.fold_in(key, 2),
+                              first_frames=first[2:])
+    np.testing.assert_array_equal(got[1], alone)
+
+    everything = generate.generate_all(comps, params, sampler, PROMPTS, 3, key, batch=2, first_frames=first)
+    np.testing.assert_array_equal(everything, np.concatenate(got))
+    with pytest.raises(ValueError, match="first frames are given for 2 videos, prompts for 3"):
+        next(generate.generate_batches(comps, params, sampler, PROMPTS, 3, key, batch=2, first_frames=first[:2]))
