@@ -320,8 +320,12 @@ def main(argv):
     absl_logging.set_verbosity(absl_logging.WARNING)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("artv_jax").setLevel(logging.INFO)  # orbax and absl stay at WARNING
+    from artv_jax import runs
+
+    with runs.usage_errors("artv_jax.train"):  # a bad config key: one line, before anything starts
+        config = config_lib.validate(FLAGS.config)
     initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-    train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    train_and_evaluate(config, FLAGS.workdir)
 
 
 def _define_flags():

@@ -223,7 +223,7 @@ def make_torch_step(config, comps, modules, batch_np, device: str = "cpu"):
     if train_text:
         trainable += list(text_encoder.parameters())
     unet.train(), adapter.train(), text_encoder.train(train_text)
-    opt = torch.optim.AdamW(trainable, lr=t_cfg.learning_rate, betas=(0.9, t_cfg.get("adam_b2", 0.999)),
+    opt = torch.optim.AdamW(trainable, lr=t_cfg.learning_rate, betas=(0.9, t_cfg.adam_b2),
                             weight_decay=t_cfg.weight_decay, foreach=True)
     ema = [p.detach().clone() for p in trainable]
     live = [p.detach() for p in trainable]

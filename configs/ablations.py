@@ -6,20 +6,15 @@
     python -m artv_jax.train --config=configs/ablations.py:r2       --workdir=workdirs/ablations/r2
     python -m artv_jax.evaluate --workdir=workdirs/ablations/no_mask --captions=16 --lengths=16,64 --modes=i2v
 
-Each variant has the default's data, model size, steps and batch (the same
-training budget), so its scores compare with `configs/shapes.py`'s. The
-README's ablation table was measured on the previous default (UNet 64/96/128,
-1000 steps at batch 32, no change weight; commit e86615e): each run's
-`eval.json` (text-to-video) and the evaluation above (image-to-video drift
-over 64 frames; 12–14 minutes per run on a 2-core CPU shared with two
-trainings); drop the flags for all 144 captions, both modes and 256-frame
-rollouts.
+Each variant keeps the default's data, model size, steps and batch (the same training budget).
+Expected: not yet re-measured on this default; the last table (an earlier default, 2026-12-01) is in
+docs/ablations.md.
 
 - no_mask:   m = 1 everywhere (plain diffusion conditioned on the references; no masked diffusion).
 - no_noise:  no noise augmentation of the references, in training (s_max = 0) and sampling (ref_level = 0).
 - no_anchor: the adapter sees a zero anchor instead of frame 0 (no anchored conditioning).
-- r2:        two reference frames (R = 2) instead of one. Since a9a3e71 its training includes frame 1
-             (references: frame 0 twice), as sampling does; the README's r2 row predates that.
+- r2:        two reference frames (R = 2) instead of one; training includes frame 1 with frame 0 twice
+             as its references, the window sampling starts with.
 """
 
 from configs import shapes

@@ -96,3 +96,16 @@ def test_a_checkpoint_written_before_the_config_defaults_loads_and_samples_the_s
                                   comps.frame_size)
     video = sample.sample(comps, params, config, request, seed=0, steps=2, progress=False)
     np.testing.assert_array_equal(video, np.load(run / "expected_video.npz")["video"])
+
+
+def test_the_train_cli_reports_a_bad_config_value_in_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "artv_jax.train", "--config=configs/shapes.py",
+                          "--config.data.start_fraction=1.5", f"--workdir={tmp_path / 'wd'}"],
+                         cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.strip().splitlines()[-1] == (
+        "artv_jax.train: error: config key 'data.start_fraction' must be in [0, 1], got 1.5.")
+    assert not (tmp_path / "wd").exists()  # nothing started

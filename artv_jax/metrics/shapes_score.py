@@ -12,7 +12,7 @@ at 1 px/frame in the captioned direction, and stays coherent over a long rollout
     shapes_score.score_batch(videos, captions)         # means, what training and the README report
 
 Frames are uint8 (or any integer type) in 0..255, or float with an explicit
-`value_range` ((-1, 1) is the model range of `pipeline.to_model_range`; (0, 1)
+`value_range` ((-1, 1) is the model range of `pixels.to_model_range`; (0, 1)
 also works): a float video read with the wrong range would be silently misread,
 so no range is guessed. S = 32 and S = 64 (any S >= 8) are read alike; lengths
 scale with the box side `b = shapes.box_size(S)`.
@@ -101,7 +101,7 @@ def to_pixels(frames, value_range: tuple[float, float] | None = None) -> np.ndar
         return a.astype(np.float32)
     if value_range is None:
         raise ValueError(f"{a.dtype} frames need value_range: (-1, 1) for the model range "
-                         "(pipeline.to_model_range) or (0, 1)")
+                         "(pixels.to_model_range) or (0, 1)")
     lo, hi = map(float, value_range)
     if not hi > lo:
         raise ValueError(f"value_range must be (low, high) with high > low, got {value_range}")
