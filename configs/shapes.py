@@ -2,8 +2,8 @@
 
     python -m artv_jax.train --config=configs/shapes.py --workdir=workdirs/shapes
 
-Expected (2026-12-06, af88d69, 2-core CPU, ~28 min + 4 min scores): background 1.00, colour 1.00, shape 0.71,
-direction 0.50, frames right 0.32 (`eval.json`; chance 0.33 / 0.25 / 0.33 / 0.25). History: docs/experiments.md.
+Expected (2026-12-06, b996757, 2-core CPU, 30 min): `eval.json` background 1.00, colour 1.00, shape 0.56, direction
+0.44, frames right 0.21 (chance 0.33 / 0.25 / 0.33 / 0.25; machine-dependent, docs/experiments.md).
 """
 
 from artv_jax import config as config_lib
