@@ -23,6 +23,8 @@ def load(workdir: str, step: int | None = None):
     from artv_jax import checkpoint, components as components_lib, config as config_lib, storage
     from artv_jax import train_step as ts
 
+    if not workdir:
+        raise UsageError("give --workdir, a training run's directory (with checkpoints/<step>/ in it).")
     workdir, step = checkpoint.locate(workdir, step)
     if not storage.is_dir(checkpoint.checkpoint_dir(workdir)):
         raise UsageError(f"no checkpoints in {workdir!r} (expected {checkpoint.checkpoint_dir(workdir)}/<step>/).")

@@ -89,7 +89,7 @@ def check_frame_size(request: Request, frame_size: int) -> None:
     first = request.first_frames
     if first is not None and first.shape[1:3] != (frame_size, frame_size):
         raise runs.UsageError(f"the given frames are {first.shape[2]}x{first.shape[1]}; this model makes "
-                         f"{frame_size}x{frame_size} frames.")
+                              f"{frame_size}x{frame_size} frames.")
 
 
 def sample(comps, params, config, request: Request, *, seed: int = 0, guidance: float | None = None,

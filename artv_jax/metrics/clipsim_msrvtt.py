@@ -138,8 +138,6 @@ def main(argv):
         captions = read_test_captions(annotations, FLAGS.captions)
         if FLAGS.limit:
             captions = captions[:FLAGS.limit]
-        if not FLAGS.workdir:
-            raise runs.UsageError("give --workdir, a training run's directory (with checkpoints/<step>/ in it).")
         comps, params, config = runs.load(FLAGS.workdir, FLAGS.step)  # the slow part comes after the cheap checks
     report = evaluate(comps, params, config, captions, FLAGS.clip, num_frames=FLAGS.num_frames, batch=FLAGS.batch,
                       seed=FLAGS.seed, steps=FLAGS.steps, guidance=FLAGS.guidance)

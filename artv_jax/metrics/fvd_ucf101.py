@@ -191,8 +191,6 @@ def main(argv):
             raise ValueError(f"--feature must be logits or pool, got {FLAGS.feature!r}.")
         classes = list_ucf101(FLAGS.ucf101)
         check_i3d(FLAGS.i3d)
-        if not FLAGS.workdir:
-            raise runs.UsageError("give --workdir, a training run's directory (with checkpoints/<step>/ in it).")
         comps, params, config = runs.load(FLAGS.workdir, FLAGS.step)  # the slow part comes after the cheap checks
     num_videos = FLAGS.limit or FLAGS.num_videos
     num_real = FLAGS.limit or FLAGS.num_real or num_videos
