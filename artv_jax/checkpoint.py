@@ -2,7 +2,7 @@
 
     manager = make_manager(workdir, every=1000, max_to_keep=3)
     save(manager, step, state, data_state, config)          # async; `manager.wait_until_finished()` to block
-    state, data_state = restore(manager, abstract_state)     # latest step, sharded as `abstract_state` says
+    state, data_state = restore(manager, abstract_state)     # newest step that reads, sharded as `abstract_state` says
 
 Each step directory holds three items: `state` (the `TrainState` pytree,
 restored straight into its shardings), `data` (the input iterator's position
@@ -11,11 +11,21 @@ describes itself for sampling and export). A model trained from scratch with
 frozen parts (say a text encoder frozen at init) adds a fourth, `frozen`:
 those parameters exist nowhere else. Frozen parts of a pretrained model are
 not saved; they are read again from the model's directory.
+
+A step directory that does not read (a file cut short or lost: a disk
+error, a copy stopped half-way) raises `UnreadableCheckpoint`, one line
+naming the step, its directory and the first cause. Resuming skips it for
+the newest step that reads and moves it, unchanged, to
+`<workdir>/checkpoints_damaged/<step>`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import re
+import sys
 from typing import Any
 
 import jax
@@ -24,6 +34,17 @@ import orbax.checkpoint as ocp
 from artv_jax import storage
 
 ITEMS = ("state", "data", "config", "frozen")
+DAMAGED = "checkpoints_damaged"  # beside checkpoints/: where resuming moves steps that do not read
+
+log = logging.getLogger("artv_jax.checkpoint")
+
+
+class UnreadableCheckpoint(ValueError):
+    """Checkpoint steps that are there but do not read: one line naming each step, its directory and first cause."""
+
+    def __init__(self, message: str, steps: tuple[int, ...]):
+        super().__init__(message)
+        self.steps = steps
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -59,19 +80,42 @@ def abstract_like(tree: Any, shardings: Any) -> Any:
 
 
 def restore(manager: ocp.CheckpointManager, abstract_state: Any, step: int | None = None) -> tuple[Any, dict]:
-    """Restores (state, data_state) from `step` (default: the latest)."""
-    step = manager.latest_step() if step is None else step
-    if step is None:
+    """Restores (state, data_state) from `step`, by default from the newest step that reads.
+
+    Newer steps that do not read are each reported in one log line and moved,
+    unchanged, to `<workdir>/checkpoints_damaged/<step>`: out of the manager's
+    sight, so the run can write those steps again and never deletes them. If
+    no step reads, `UnreadableCheckpoint` names them all and nothing moves.
+    """
+    steps = sorted(manager.all_steps(), reverse=True) if step is None else [step]
+    if not steps:
         raise FileNotFoundError(f"no checkpoint in {manager.directory}.")
-    out = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state),
-        data=ocp.args.JsonRestore(),
-    ))
-    return out["state"], dict(out["data"])
+    unreadable = []
+    for s in steps:
+        try:
+            with _reading(manager.directory, s):
+                out = manager.restore(s, args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(abstract_state),
+                    data=ocp.args.JsonRestore(),
+                ))
+        except UnreadableCheckpoint as e:
+            if step is not None:
+                raise
+            unreadable.append(e)
+            continue
+        for e in unreadable:
+            _set_aside(manager, e.steps[0], str(e), s)
+        if unreadable:
+            manager.reload()
+        return out["state"], dict(out["data"])
+    if len(unreadable) == 1:
+        raise unreadable[0]
+    raise UnreadableCheckpoint(f"no checkpoint in {manager.directory} reads: " + "; ".join(map(str, unreadable)),
+                               tuple(s for e in unreadable for s in e.steps))
 
 
-def read_config(path: str) -> tuple[dict, int]:
-    """(config dict, step) of a checkpoint: a workdir (latest step), its `checkpoints/` dir, or a step dir."""
+def read_config(path: str, step: int | None = None) -> tuple[dict, int]:
+    """(config dict, step) of a checkpoint: a workdir or its `checkpoints/` dir (`step` or the latest), or a step dir."""
     path = storage.resolve(path)
     for directory in (path, storage.join(path, "checkpoints")):
         if storage.is_dir(storage.join(directory, "config")):
@@ -79,12 +123,21 @@ def read_config(path: str) -> tuple[dict, int]:
             break
         steps = _steps(directory)
         if steps:
-            step_dir = storage.join(directory, str(max(steps)))
+            step_dir = storage.join(directory, str(max(steps) if step is None else step))
             break
     else:
         raise FileNotFoundError(f"no checkpoint found at {path!r} (expected a workdir with checkpoints/<step>/).")
-    config_file = _find_json(storage.join(step_dir, "config"))
-    return json.loads(storage.read_text(config_file)), int(step_dir.rstrip("/").rsplit("/", 1)[-1])
+    parent, _, name = step_dir.rstrip("/").rpartition("/")
+    if not storage.is_dir(step_dir):
+        raise FileNotFoundError(f"no checkpoint for step {name} in {parent!r}; there are {sorted(_steps(parent))}.")
+    with _reading(parent, int(name)):
+        config_file = _find_json(storage.join(step_dir, "config"))
+        return json.loads(storage.read_text(config_file)), int(name)
+
+
+def list_steps(workdir: str) -> list[int]:
+    """The steps of a run's finalised checkpoints, oldest first."""
+    return sorted(_steps(checkpoint_dir(workdir)))
 
 
 def locate(path: str, step: int | None = None) -> tuple[str, int | None]:
@@ -126,9 +179,8 @@ def load_numpy(workdir: str, step: int | None = None, items: tuple[str, ...] = (
     every process must call it (orbax waits for all of them).
     """
     directory, step = _existing_step(workdir, step)
-    with _numpy_manager(directory) as manager:
-        metadata = manager.item_metadata(step)["state"]
-        tree = getattr(metadata, "tree", metadata)
+    with _reading(directory, step), _numpy_manager(directory) as manager:
+        tree = _item_tree(manager, step, "state")
         missing = [k for k in items if k not in tree]
         if missing:
             raise KeyError(f"checkpoint step {step} has no {missing}; it holds {sorted(tree)}.")
@@ -141,9 +193,8 @@ def load_frozen(workdir: str, step: int | None = None) -> dict:
     directory, step = _existing_step(workdir, step)
     if not storage.is_dir(storage.join(directory, str(step), "frozen")):
         return {}
-    with _numpy_manager(directory) as manager:
-        metadata = manager.item_metadata(step)["frozen"]
-        return _restore_numpy(manager, step, "frozen", getattr(metadata, "tree", metadata))
+    with _reading(directory, step), _numpy_manager(directory) as manager:
+        return _restore_numpy(manager, step, "frozen", _item_tree(manager, step, "frozen"))
 
 
 def _existing_step(workdir: str, step: int | None) -> tuple[str, int]:
@@ -163,6 +214,14 @@ def _numpy_manager(directory: str) -> ocp.CheckpointManager:
     return ocp.CheckpointManager(directory, item_handlers=handlers)
 
 
+def _item_tree(manager: ocp.CheckpointManager, step: int, item: str) -> dict:
+    """The metadata tree of a saved item; FileNotFoundError when its metadata is gone."""
+    metadata = manager.item_metadata(step)[item]
+    if metadata is None:
+        raise FileNotFoundError(f"no metadata for the item {item!r} (its _METADATA file is missing).")
+    return getattr(metadata, "tree", metadata)
+
+
 def _restore_numpy(manager: ocp.CheckpointManager, step: int, item: str, wanted: Any) -> Any:
     """The subtree `wanted` (metadata leaves) of `item` as NumPy arrays on the host."""
     import numpy as np
@@ -171,3 +230,85 @@ def _restore_numpy(manager: ocp.CheckpointManager, step: int, item: str, wanted:
     out = manager.restore(step, args=ocp.args.Composite(**{
         item: ocp.args.PyTreeRestore(item=wanted, restore_args=restore_args, partial_restore=True)}))
     return out[item]
+
+
+# ----------------------------------------------------------------------------- steps that do not read
+
+# A step that does not read fails with tensorstore's ValueError (OUT_OF_RANGE: a file cut short; NOT_FOUND,
+# FAILED_PRECONDITION: one lost), a FileNotFoundError or JSONDecodeError (orbax's own files), or orbax's bare
+# Exception wrapping one of those. A status that means "try again later" is no damage: it is raised as it comes
+# (a resumed run would otherwise skip a good step because the bucket was briefly unreachable).
+_TRANSIENT = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "ABORTED", "CANCELLED", "RESOURCE_EXHAUSTED", "PERMISSION_DENIED",
+              "UNAUTHENTICATED")
+
+
+@contextlib.contextmanager
+def _reading(directory, step: int):
+    """Turns a failed read of checkpoint `step` in `directory` into `UnreadableCheckpoint`; other errors pass."""
+    try:
+        yield
+    except UnreadableCheckpoint:
+        raise
+    except Exception as e:  # noqa: BLE001 — orbax raises a bare Exception around tensorstore's error
+        _quiet_after_failed_read()
+        cause = _root_cause(e)
+        status = re.match(r"[A-Z_]+(?=: )", str(cause))
+        unreadable = ((type(e) is Exception or isinstance(e, (ValueError, OSError)))
+                      and isinstance(cause, (ValueError, OSError))
+                      and not isinstance(cause, (ConnectionError, TimeoutError, PermissionError))
+                      and not (status and status.group() in _TRANSIENT))
+        if not unreadable:
+            raise
+        raise UnreadableCheckpoint(f"checkpoint step {step} ({storage.join(str(directory), str(step))}) does not "
+                                   f"read: {_first_line(cause)}", (step,)) from e
+
+
+def _root_cause(e: BaseException) -> BaseException:
+    """The first error of a chain, as a traceback shows it (`raise ... from None` ends the chain)."""
+    while True:
+        below = e.__cause__ or (None if e.__suppress_context__ else e.__context__)
+        if below is None:
+            return e
+        e = below
+
+
+def _first_line(e: BaseException) -> str:
+    """An error's first line without tensorstore's JSON spec, led by its status ("OUT_OF_RANGE: ...") or type."""
+    lines = str(e).strip().splitlines()
+    text = lines[0].split(" [tensorstore_spec=")[0] if lines else ""
+    return text if re.match(r"[A-Z_]+: ", text) else f"{type(e).__name__}: {text}"
+
+
+def _set_aside(manager: ocp.CheckpointManager, step: int, reason: str, resumed_from: int) -> None:
+    """Moves a step that does not read, unchanged, to `<workdir>/checkpoints_damaged/<step>` (process 0 moves it)."""
+    if jax.process_index() == 0:
+        source = storage.join(str(manager.directory), str(step))
+        base = storage.join(str(manager.directory).rstrip("/").rpartition("/")[0], DAMAGED, str(step))
+        target, n = base, 1
+        while storage.exists(target):  # that step was set aside before: keep both
+            target, n = f"{base}.{n}", n + 1
+        storage.move(source, target)
+        log.warning("%s. Moved it, unchanged, to %s; resuming from step %d.", reason.rstrip("."), target,
+                    resumed_from)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(f"artv_jax.checkpoint: set aside step {step}")
+
+
+def _quiet_after_failed_read() -> None:
+    """Keeps the one real error readable: once a read fails, tensorstore's other reads still finish and call back
+    into orbax's event loop, closed by then. Each such call prints "RuntimeError: Event loop is closed" as an
+    unraisable exception or logs "exception was never retrieved"; from here on those two are dropped."""
+    hook = sys.unraisablehook
+    if getattr(hook, "artv_quiet", False):
+        return
+
+    def quiet(unraisable):
+        e = unraisable.exc_value
+        if not (isinstance(e, RuntimeError) and str(e) == "Event loop is closed"):
+            hook(unraisable)
+
+    quiet.artv_quiet = True
+    sys.unraisablehook = quiet
+    logging.getLogger("asyncio").addFilter(lambda record: "exception was never retrieved" not in record.getMessage())

@@ -120,50 +120,83 @@ def build(config, dtype=jnp.float32) -> tuple[Components, dict | None]:
     model_cfg = config.model
     artv_cfg = artv.ArtVConfig(**dict(model_cfg.artv))
     if model_cfg.pretrained:
-        from artv_jax import pretrained
-
-        sd = pretrained.load_stable_diffusion(model_cfg.pretrained)
-        model, artv_params = artv.build_from_unet(sd.unet, sd.unet_params, artv_cfg, jax.random.PRNGKey(config.seed),
-                                                  dtype=dtype)
+        base = load_base(model_cfg.pretrained, dtype)
+        model, artv_params = artv.build_from_unet(base.unet, base.unet_params, artv_cfg,
+                                                  jax.random.PRNGKey(config.seed), dtype=dtype)
         components = Components(
-            model=model.clone(remat=config.train.remat),
-            schedule=NoiseSchedule.from_config(sd.scheduler_config),
-            text_encoder=sd.text_encoder.clone(dtype=dtype),
-            tokenize=_clip_tokenize(sd.tokenizer),
-            autoencoder=VAELatents(sd.vae.clone(dtype=dtype)),
-            frame_size=config.data.size,
-        )
-        return components, {"artv": artv_params, "text": sd.text_encoder_params, "vae": sd.vae_params}
+            model=model.clone(remat=config.train.remat), schedule=base.schedule, text_encoder=base.text_encoder,
+            tokenize=base.tokenize, autoencoder=base.autoencoder, frame_size=config.data.size)
+        return components, {"artv": artv_params, **base.params}
 
     if model_cfg.autoencoder != "pixels":
         raise ValueError(f"scratch models run in pixel space; model.autoencoder={model_cfg.autoencoder!r}.")
     autoencoder = PixelSpace(model_cfg.patch)
-    tokenize = WordTokenizer(tuple(model_cfg.text.vocabulary), max_length=model_cfg.text.max_length)
-    text_config = CLIPTextConfig(
-        vocab_size=tokenize.vocab_size, hidden_size=model_cfg.text.hidden_size,
-        intermediate_size=4 * model_cfg.text.hidden_size, num_hidden_layers=model_cfg.text.num_layers,
-        num_attention_heads=model_cfg.text.num_heads, max_position_embeddings=model_cfg.text.max_length,
-        hidden_act="quick_gelu", eos_token_id=tokenize.eos_token_id)
-    unet = model_cfg.unet
-    n = len(unet.block_out_channels)
-    unet_config = UNetConfig(
-        in_channels=autoencoder.channels, out_channels=autoencoder.channels + 1,
-        block_out_channels=tuple(unet.block_out_channels),
-        down_block_types=tuple(unet.down_block_types), up_block_types=tuple(unet.up_block_types),
-        layers_per_block=(unet.layers_per_block,) * n, transformer_layers_per_block=(1,) * n,
-        num_attention_heads=(unet.num_heads,) * n, cross_attention_dim=(model_cfg.text.hidden_size,) * n,
-        norm_num_groups=unet.norm_num_groups, addition_embed_type=unet.addition_embed_type or None,
-        addition_embed_type_num_heads=unet.addition_embed_type_num_heads,
-        resnet_time_scale_shift=unet.resnet_time_scale_shift)
+    tokenize, text_encoder = scratch_text_encoder(config, dtype)
+    unet_config = scratch_unet_config(config, autoencoder.channels, autoencoder.channels + 1)
     components = Components(
         model=artv.ArtV(unet_config, artv_cfg, dtype, remat=config.train.remat),
         schedule=schedule_from_config(config.schedule),
-        text_encoder=CLIPTextModel(text_config, dtype=dtype),
+        text_encoder=text_encoder,
         tokenize=tokenize,
         autoencoder=autoencoder,
         frame_size=config.data.size,
     )
     return components, None
+
+
+def scratch_text_encoder(config, dtype=jnp.float32) -> tuple[WordTokenizer, CLIPTextModel]:
+    """A scratch model's word-level tokenizer and CLIP-style text encoder, as `config.model.text` describes."""
+    text = config.model.text
+    tokenize = WordTokenizer(tuple(text.vocabulary), max_length=text.max_length)
+    text_config = CLIPTextConfig(
+        vocab_size=tokenize.vocab_size, hidden_size=text.hidden_size, intermediate_size=4 * text.hidden_size,
+        num_hidden_layers=text.num_layers, num_attention_heads=text.num_heads,
+        max_position_embeddings=text.max_length, hidden_act="quick_gelu", eos_token_id=tokenize.eos_token_id)
+    return tokenize, CLIPTextModel(text_config, dtype=dtype)
+
+
+def scratch_unet_config(config, in_channels: int, out_channels: int) -> UNetConfig:
+    """A scratch model's UNet as `config.model.unet` describes it (ART·V: out_channels = in_channels + 1)."""
+    unet, hidden = config.model.unet, config.model.text.hidden_size
+    n = len(unet.block_out_channels)
+    return UNetConfig(
+        in_channels=in_channels, out_channels=out_channels, block_out_channels=tuple(unet.block_out_channels),
+        down_block_types=tuple(unet.down_block_types), up_block_types=tuple(unet.up_block_types),
+        layers_per_block=(unet.layers_per_block,) * n, transformer_layers_per_block=(1,) * n,
+        num_attention_heads=(unet.num_heads,) * n, cross_attention_dim=(hidden,) * n,
+        norm_num_groups=unet.norm_num_groups, addition_embed_type=unet.addition_embed_type or None,
+        addition_embed_type_num_heads=unet.addition_embed_type_num_heads,
+        resnet_time_scale_shift=unet.resnet_time_scale_shift)
+
+
+@dataclasses.dataclass
+class ImageBase:
+    """A pretrained text-to-image model that ART·V starts from: its UNet and everything around it."""
+
+    unet: Any
+    unet_params: dict
+    schedule: NoiseSchedule
+    text_encoder: CLIPTextModel
+    tokenize: Callable[[str], Any]
+    autoencoder: PixelSpace | VAELatents
+    params: dict  # {"text": ..., and "vae": ... in latent space}
+
+
+def load_base(path: str, dtype=jnp.float32) -> ImageBase:
+    """A diffusers-format text-to-image directory: Stable Diffusion (unet, vae, text_encoder, tokenizer,
+    scheduler), or a pixel-space image model as `image_base.train` and `export.export_image_model` write it
+    (no vae: `artv_config.json` names the pixel patch; a word tokenizer)."""
+    from artv_jax import export, pretrained
+
+    if export.is_image_model(path):
+        unet, unet_params, text_encoder, text_params, tokenize, schedule, patch = export.import_image_model(path,
+                                                                                                           dtype)
+        return ImageBase(unet, unet_params, schedule, text_encoder, tokenize, PixelSpace(patch),
+                         {"text": text_params})
+    sd = pretrained.load_stable_diffusion(path)
+    return ImageBase(sd.unet, sd.unet_params, NoiseSchedule.from_config(sd.scheduler_config),
+                     sd.text_encoder.clone(dtype=dtype), _clip_tokenize(sd.tokenizer),
+                     VAELatents(sd.vae.clone(dtype=dtype)), {"text": sd.text_encoder_params, "vae": sd.vae_params})
 
 
 def _clip_tokenize(tokenizer):

@@ -83,6 +83,15 @@ def defaults() -> ConfigDict:
         trainable=("artv",),  # '/'-path prefixes of the parameters to train; the rest stays frozen
     ))
 
+    # Stage 1 of a scratch model: a text-to-image UNet (as config.model describes it, without ART·V's mask
+    # channel) trained on single frames and their captions, written to <workdir>/image_base as a diffusers-format
+    # directory; ART·V (stage 2, `train`) then starts from it through model.pretrained, as from Stable Diffusion.
+    # The text encoder stays at its initialisation (it is not trained in either stage). 0 steps: no stage 1.
+    c.image_base = ConfigDict(dict(num_steps=0, global_batch=32, learning_rate=1e-3, warmup_steps=200,
+                                   ema_decay=0.998, p_text=0.1,
+                                   t_logit_normal=(),  # (): uniform timesteps, as Stable Diffusion trains
+                                   eval_images=48))  # text-to-image samples scored at the end (0: none)
+
     c.mesh = ConfigDict(dict(
         shape=(-1, 1),  # ('data', 'fsdp'); -1 takes the remaining devices
         rules=(("batch", ("data", "fsdp")), ("out", "fsdp"), ("vocab", "fsdp")),  # logical axis -> mesh axes
@@ -174,7 +183,16 @@ def _check_values(c: ConfigDict) -> None:
         require(0.0 <= c.objective[key] <= 1.0, f"objective.{key}", "must be in [0, 1]")
     for key in ("s_max", "unmasked_weight", "change_weight", "foreground_weight"):
         require(c.objective[key] >= 0.0, f"objective.{key}", "must be >= 0")
+    require(c.image_base.num_steps >= 0, "image_base.num_steps", "must be >= 0")
+    require(c.image_base.global_batch > 0, "image_base.global_batch", "must be positive")
+    require(0.0 <= c.image_base.p_text <= 1.0, "image_base.p_text", "must be in [0, 1]")
+    v = c.image_base.t_logit_normal
+    require(len(v) == 0 or (len(v) == 2 and v[1] > 0), "image_base.t_logit_normal", "must be () or (loc, scale > 0)")
     require(c.train.num_steps > 0, "train.num_steps", "must be positive")
+    # config_flags reads --config.train.trainable=artv as the tuple of its characters ('a', 'r', 't', 'v'),
+    # which would train every parameter whose path starts with 'a': refuse one-character groups.
+    require(all(len(p) > 1 for p in c.train.trainable), "train.trainable",
+            "must be a tuple of parameter paths such as ('artv',) (one-character entries: a string was split)")
     require(c.train.grad_accum >= 1 and c.train.global_batch % c.train.grad_accum == 0, "train.grad_accum",
             f"must be >= 1 and divide train.global_batch={c.train.global_batch}")
     require(c.train.compute_dtype in ("float32", "bfloat16", "float16"), "train.compute_dtype",

@@ -28,7 +28,7 @@ from artv_jax.data import shapes
 from artv_jax.metrics import shapes_score
 
 MODES = ("t2v", "i2v")
-CURVES = ("frame_ok", "colour_distance", "area_error", "one_object")
+CURVES = ("clean", "frame_ok", "colour_distance", "area_error", "one_object", "track_error")
 
 
 def _check_num_captions(num_captions: int) -> None:
@@ -97,7 +97,8 @@ def evaluate(comps, params, config, *, num_captions: int = 144, lengths=(16, 64,
         full = shapes_score.score_batch(v, attrs, drift_frames=lengths, curves=True)
         by_length = {str(n): _finite(shapes_score.score_batch(v[:, :n], attrs, drift_frames=())) for n in lengths}
         report[mode] = {"by_length": by_length, "seconds": round(time.time() - t0, 1),
-                        "curves": {k: [round(float(x), 5) for x in full["curves"][k]] for k in CURVES}}
+                        "curves": {k: [round(float(x), 5) if np.isfinite(x) else None for x in full["curves"][k]]
+                                   for k in CURVES}}
     return report, videos
 
 
@@ -127,15 +128,16 @@ def _finite(scores: dict) -> dict:
     return {k: float(v) for k, v in scores.items() if np.isscalar(v) and np.isfinite(v)}
 
 
-def drift_plot(report: dict, path: str, width: int = 640, height: int = 300) -> None:
-    """A PNG: frame accuracy (left) and colour distance (right) against frame index, one line per mode."""
+def drift_plot(report: dict, path: str, width: int = 900, height: int = 300) -> None:
+    """A PNG: clean frames, frame accuracy and colour distance against frame index, one line per mode."""
     from PIL import Image, ImageDraw
 
     colours = {"t2v": (200, 40, 40), "i2v": (40, 90, 200)}
     image = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(image)
-    panels = [("frame accuracy", "frame_ok", 1.0), ("colour distance", "colour_distance", None)]
-    pw = width // 2
+    panels = [("clean frames", "clean", 1.0), ("frame accuracy", "frame_ok", 1.0),
+              ("colour distance", "colour_distance", None)]
+    pw = width // len(panels)
     for p, (title, key, top) in enumerate(panels):
         x0, y0, x1, y1 = p * pw + 40, 20, (p + 1) * pw - 10, height - 30
         series = {m: np.asarray(report[m]["curves"][key], float) for m in MODES if m in report}
@@ -193,7 +195,8 @@ def main(argv):
         for n, s in report[mode]["by_length"].items():
             print(f"{mode} {n:>4s} frames: all {s['all_accuracy']:.3f}  colour {s['colour_accuracy']:.3f}  "
                   f"shape {s['shape_accuracy']:.3f}  direction {s['direction_accuracy']:.3f}  "
-                  f"background {s['background_accuracy']:.3f}  frame {s['frame_accuracy']:.3f}")
+                  f"background {s['background_accuracy']:.3f}  frame {s['frame_accuracy']:.3f}  "
+                  f"clean {s['clean_fraction']:.3f}  on track {s['track_accuracy']:.3f}")
     print(f"wrote {out}/report.json, drift.png, samples.png")
 
 
@@ -212,7 +215,4 @@ def _define_flags():
 
 
 if __name__ == "__main__":
-    from absl import app
-
-    _define_flags()
-    app.run(main)
+    runs.run("artv_jax.evaluate", main, _define_flags)

@@ -35,6 +35,7 @@ import numpy as np
 ARTV_CONFIG = "artv_config.json"
 WORD_TOKENIZER = "word_tokenizer.json"
 FORMAT = "artv_jax/1"
+IMAGE_KIND = "image"  # artv_config.json of a text-to-image base (`export_image_model`); ART·V exports have no kind
 
 # Per-block UNet config entries written as one number when all blocks agree (as SD's own configs are).
 _UNIFORM_KEYS = ("layers_per_block", "transformer_layers_per_block", "cross_attention_dim", "attention_head_dim")
@@ -189,6 +190,38 @@ def export_run(workdir: str, out: str, step: int | None = None) -> str:
     return out
 
 
+def export_image_model(unet_config, unet_params: dict, text_encoder, text_params: dict, tokenize, schedule,
+                       patch: int, frame_size: int, out: str, run_config=None) -> None:
+    """Writes a pixel-space text-to-image model (`image_base.train`'s stage 1) as a diffusers-format directory.
+
+    The layout of `export` without `adapter/` (an image UNet: out_channels = in_channels) and, as for
+    every scratch model, without `vae/`: `artv_config.json` ("kind": "image") names the pixel patch.
+    `components.load_base` reads it back, so ART·V starts from it as from Stable Diffusion.
+    """
+    from artv_jax import weights
+
+    if os.path.isdir(out) and os.listdir(out):
+        raise FileExistsError(f"{out!r} exists and is not empty; export into a new directory.")
+    if unet_config.out_channels != unet_config.in_channels:
+        raise ValueError(f"an image UNet predicts its input channels; got in {unet_config.in_channels}, "
+                         f"out {unet_config.out_channels}.")
+    os.makedirs(out, exist_ok=True)
+    _write_component(out, "unet", "config.json", unet_config_dict(unet_config),
+                     "diffusion_pytorch_model.safetensors", weights.to_state_dict(unet_params))
+    _write_component(out, "text_encoder", "config.json", text_config_dict(text_encoder.config, tokenize),
+                     "model.safetensors", weights.to_state_dict(text_params))
+    _write_json(os.path.join(out, "scheduler", "scheduler_config.json"), scheduler_config_dict(schedule))
+    _write_tokenizer(os.path.join(out, "tokenizer"), tokenize, None)
+    channels = 3 * patch * patch
+    _write_json(os.path.join(out, ARTV_CONFIG), {
+        "format": FORMAT, "kind": IMAGE_KIND, "frame_size": frame_size, "latent_size": frame_size // patch,
+        "autoencoder": {"kind": "pixels", "patch": patch, "channels": channels, "factor": patch},
+        "tokenizer": {"kind": _tokenizer_kind(tokenize), "max_length": _max_length(tokenize)},
+        "prediction_type": schedule.prediction_type,
+        "run_config": run_config.to_dict() if run_config is not None else None,
+    })
+
+
 def _write_component(out, name, config_name, config, weights_name, state) -> None:
     from safetensors.numpy import save_file
 
@@ -253,14 +286,15 @@ def import_diffusers(path: str, dtype=None):
 
     from artv_jax import pretrained, weights
     from artv_jax.components import Components, PixelSpace, VAELatents
-    from artv_jax.diffusion.schedule import NoiseSchedule
     from artv_jax.models import adapter as adapter_lib
     from artv_jax.models import artv
     from artv_jax.models.unet import UNetConfig
-    from artv_jax.tokenizers import SPECIAL, CLIPTokenize, WordTokenizer
 
     dtype = dtype or jnp.float32
     cfg = read_artv_config(path)
+    if cfg.get("kind") == IMAGE_KIND:
+        raise ValueError(f"{path!r} is a text-to-image base (artv_config.json kind {IMAGE_KIND!r}), not an ART·V "
+                         f"model: train ART·V from it with --config.model.pretrained={path}.")
     model = artv.ArtV(UNetConfig.from_diffusers(weights.read_config(os.path.join(path, "unet"))),
                       artv.ArtVConfig(**cfg["artv"]), dtype)
     _, unet_params = pretrained.load_unet(os.path.join(path, "unet"), dtype)
@@ -281,25 +315,64 @@ def import_diffusers(path: str, dtype=None):
     else:
         raise ValueError(f"{ARTV_CONFIG}: unknown autoencoder kind {auto['kind']!r}.")
 
-    tok_dir = os.path.join(path, "tokenizer")
-    if cfg["tokenizer"]["kind"] == "word":
-        with open(os.path.join(tok_dir, WORD_TOKENIZER)) as f:
-            word = json.load(f)
-        if tuple(word["special_tokens"]) != SPECIAL:
-            raise ValueError(f"{WORD_TOKENIZER}: special tokens {word['special_tokens']}, expected {list(SPECIAL)}.")
-        tokenize = WordTokenizer(tuple(word["vocabulary"]), max_length=word["max_length"])
-    else:
-        tokenizer = pretrained.load_tokenizer(tok_dir)
-        tokenize = CLIPTokenize(tokenizer, tokenizer.model_max_length)
-
-    with open(os.path.join(path, "scheduler", "scheduler_config.json")) as f:
-        schedule = NoiseSchedule.from_config(json.load(f))
+    tokenize = read_tokenizer(path, cfg)
+    schedule = read_schedule(path)
     components = Components(model=model, schedule=schedule, text_encoder=text_encoder, tokenize=tokenize,
                             autoencoder=autoencoder, frame_size=cfg["frame_size"])
     if components.latent_size != cfg["latent_size"] or autoencoder.channels != model.latent_channels:
         raise ValueError(f"{ARTV_CONFIG}: frame size {cfg['frame_size']} and autoencoder {auto} do not fit "
                          f"the UNet's {model.latent_channels} latent channels / latent size {cfg['latent_size']}.")
     return components, params
+
+
+def read_tokenizer(path: str, cfg: dict):
+    """The tokenizer of an exported directory: a `WordTokenizer` or a `CLIPTokenize`, as `cfg` says."""
+    from artv_jax import pretrained
+    from artv_jax.tokenizers import SPECIAL, CLIPTokenize, WordTokenizer
+
+    tok_dir = os.path.join(path, "tokenizer")
+    if cfg["tokenizer"]["kind"] == "word":
+        with open(os.path.join(tok_dir, WORD_TOKENIZER)) as f:
+            word = json.load(f)
+        if tuple(word["special_tokens"]) != SPECIAL:
+            raise ValueError(f"{WORD_TOKENIZER}: special tokens {word['special_tokens']}, expected {list(SPECIAL)}.")
+        return WordTokenizer(tuple(word["vocabulary"]), max_length=word["max_length"])
+    tokenizer = pretrained.load_tokenizer(tok_dir)
+    return CLIPTokenize(tokenizer, tokenizer.model_max_length)
+
+
+def read_schedule(path: str):
+    from artv_jax.diffusion.schedule import NoiseSchedule
+
+    with open(os.path.join(path, "scheduler", "scheduler_config.json")) as f:
+        return NoiseSchedule.from_config(json.load(f))
+
+
+def is_image_model(path: str) -> bool:
+    """Whether `path` holds a pixel-space text-to-image base written by `export_image_model`."""
+    file = os.path.join(path, ARTV_CONFIG)
+    return os.path.isfile(file) and read_artv_config(path).get("kind") == IMAGE_KIND
+
+
+def import_image_model(path: str, dtype=None):
+    """The inverse of `export_image_model`: (unet, unet_params, text_encoder, text_params, tokenize, schedule,
+    patch), read strictly (`artv_jax.pretrained`: every weight named, shaped and used)."""
+    import jax.numpy as jnp
+
+    from artv_jax import pretrained
+
+    dtype = dtype or jnp.float32
+    cfg = read_artv_config(path)
+    if cfg.get("kind") != IMAGE_KIND or cfg["autoencoder"]["kind"] != "pixels":
+        raise ValueError(f"{path!r} is not a pixel-space text-to-image base ({ARTV_CONFIG}: kind "
+                         f"{cfg.get('kind')!r}, autoencoder {cfg['autoencoder']['kind']!r}).")
+    unet, unet_params = pretrained.load_unet(os.path.join(path, "unet"), dtype)
+    text_encoder, text_params = pretrained.load_text_encoder(os.path.join(path, "text_encoder"), dtype)
+    patch = cfg["autoencoder"]["patch"]
+    if unet.config.in_channels != 3 * patch * patch:
+        raise ValueError(f"{path!r}: the UNet takes {unet.config.in_channels} channels, the pixel patch {patch} "
+                         f"gives {3 * patch * patch}.")
+    return unet, unet_params, text_encoder, text_params, read_tokenizer(path, cfg), read_schedule(path), patch
 
 
 # ----------------------------------------------------------------------------- command line
@@ -328,7 +401,6 @@ def _define_flags():
 
 
 if __name__ == "__main__":
-    from absl import app
+    from artv_jax import runs
 
-    _define_flags()
-    app.run(main)
+    runs.run("artv_jax.export", main, _define_flags)

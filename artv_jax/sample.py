@@ -10,13 +10,16 @@ r"""Sample a video from a trained ART·V: `python -m artv_jax.sample --workdir=D
 
 Writes `--out` (default `video.mp4`) and a gif beside it. Uses the EMA
 weights of the latest checkpoint (or `--step`). Bad input ends with a
-one-line error and exit status 2.
+one-line error and exit status 2: a word the model's vocabulary lacks, a
+prompt longer than its text encoder takes, frames of the wrong size. A
+CLIP-tokenized prompt past the token limit is cut, with a warning.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 
 import jax
 import numpy as np
@@ -92,6 +95,19 @@ def check_frame_size(request: Request, frame_size: int) -> None:
                               f"{frame_size}x{frame_size} frames.")
 
 
+def check_prompts(request: Request, tokenize) -> list[str]:
+    """Tokenizes each prompt once: ValueError (one line) for a word outside the vocabulary or a prompt too long;
+    returns a warning for each prompt a CLIP tokenizer cuts at its token limit."""
+    warnings = []
+    for prompt in request.prompts:
+        tokenize(prompt)
+        dropped = tokenize.cut_off(prompt) if hasattr(tokenize, "cut_off") else ""
+        if dropped:
+            warnings.append(f"the prompt {prompt!r} is longer than the text encoder's {tokenize.max_length} tokens: "
+                            f"{dropped!r} is cut off and ignored.")
+    return warnings
+
+
 def sample(comps, params, config, request: Request, *, seed: int = 0, guidance: float | None = None,
            steps: int | None = None, progress: bool = True) -> np.ndarray:
     """uint8 (N, H, W, 3): one video for a request."""
@@ -118,11 +134,17 @@ def main(argv):
             raise runs.UsageError("give --workdir (a training run) or --checkpoint.")
         if os.path.splitext(FLAGS.out)[1].lower() not in (".mp4", ".gif"):
             raise runs.UsageError(f"--out must end in .mp4 or .gif, got {FLAGS.out!r}.")
+        out_dir = existing = os.path.dirname(os.path.abspath(FLAGS.out))
+        while not os.path.exists(existing):
+            existing = os.path.dirname(existing)
+        if not os.path.isdir(existing):
+            raise runs.UsageError(f"--out={FLAGS.out!r}: {existing!r} is a file, not a directory.")
         request = make_request(FLAGS.prompt, FLAGS.frames, FLAGS.num_frames, FLAGS.image, FLAGS.video)
         comps, params, config = runs.load(workdir, FLAGS.step)  # the slow part comes after the cheap checks
         check_frame_size(request, comps.frame_size)
+        for warning in check_prompts(request, comps.tokenize):
+            print(f"artv_jax.sample: warning: {warning}", file=sys.stderr)
     video = sample(comps, params, config, request, seed=FLAGS.seed, guidance=FLAGS.guidance, steps=FLAGS.steps)
-    out_dir = os.path.dirname(os.path.abspath(FLAGS.out))
     os.makedirs(out_dir, exist_ok=True)
     base = os.path.splitext(FLAGS.out)[0]
     video_io.write_mp4(base + ".mp4", video, fps=FLAGS.fps)
@@ -149,7 +171,4 @@ def _define_flags():
 
 
 if __name__ == "__main__":
-    from absl import app
-
-    _define_flags()
-    app.run(main)
+    runs.run("artv_jax.sample", main, _define_flags)

@@ -47,6 +47,12 @@ def list_dir(path: str) -> list[str]:
     return sorted(child.name for child in p.iterdir()) if p.is_dir() else []
 
 
+def move(source: str, target: str) -> None:
+    """Renames a file or directory, creating the target's parent directory."""
+    epath.Path(target).parent.mkdir(parents=True, exist_ok=True)
+    epath.Path(source).rename(target)
+
+
 def read_text(path: str) -> str:
     return epath.Path(path).read_text()
 

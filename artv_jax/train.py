@@ -5,10 +5,11 @@ set-up, mesh, model, sharded state, input, checkpoint restore, compiled step,
 loop, final samples and evaluation. Everything scales from one CPU to a pod
 without code changes: the mesh and the sharding rules come from the config.
 
-Restarting with the same `--workdir` resumes from the latest checkpoint
-(state and input position). SIGTERM saves a checkpoint and exits cleanly; a
-non-finite loss stops the run with an error and leaves the last checkpoint
-untouched (non-finite updates never reach the parameters).
+Restarting with the same `--workdir` resumes from the newest checkpoint
+that reads (state and input position; `checkpoint.restore`). SIGTERM saves a
+checkpoint and exits cleanly; a non-finite loss stops the run with an error
+and leaves the last checkpoint untouched (non-finite updates never reach the
+parameters).
 """
 
 from __future__ import annotations
@@ -103,6 +104,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     """
     config = config_lib.validate(config)  # every key present, checked once; ValueError names a bad key
     workdir = storage.resolve(workdir)  # local: absolute; gs://...: as given
+    config = with_image_base(config, workdir)
     t_cfg = config.train
     enable_compilation_cache(config.compilation_cache)
     is_main = jax.process_index() == 0
@@ -237,6 +239,27 @@ def train_and_evaluate(config, workdir: str) -> dict:
     return results
 
 
+def with_image_base(config, workdir: str):
+    """Stage 1 of a scratch model with `image_base.num_steps` > 0: the config that starts ART·V from
+    `<workdir>/image_base` (`model.pretrained`), building the image base there first unless it exists.
+    Other configs come back as they are."""
+    if not config.image_base.num_steps or config.model.pretrained:
+        return config
+    base = storage.join(workdir, "image_base")
+    if storage.is_remote(base):
+        raise ValueError(f"the image base is built on a local disk; --workdir {workdir!r} is remote.")
+    if not os.path.isdir(base):
+        from artv_jax import image_base
+
+        log.info("stage 1: training the image base (%d steps) into %s", config.image_base.num_steps, base)
+        image_base.train(config, base, progress=config.progress)
+    else:
+        log.info("stage 1: the image base in %s exists; ART·V starts from it", base)
+    config = config.copy_and_resolve_references()  # unlocked copy
+    config.model.pretrained = base
+    return config_lib.validate(config)
+
+
 def host_ema_params(state: ts.TrainState, frozen: dict) -> dict:
     """The full parameter tree with the EMA of the trainable part, gathered to host NumPy on every process.
 
@@ -322,10 +345,16 @@ def main(argv):
     logging.getLogger("artv_jax").setLevel(logging.INFO)  # orbax and absl stay at WARNING
     from artv_jax import runs
 
-    with runs.usage_errors("artv_jax.train"):  # a bad config key: one line, before anything starts
+    with runs.usage_errors("artv_jax.train"):  # bad input: one line, before anything starts
         config = config_lib.validate(FLAGS.config)
+        runs.check_training(config, FLAGS.workdir)  # workdir, pretrained model, data: before the mesh
     initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-    train_and_evaluate(config, FLAGS.workdir)
+    with runs.usage_errors("artv_jax.train"):
+        runs.check_mesh(config)
+    try:
+        train_and_evaluate(config, FLAGS.workdir)
+    except checkpoint.UnreadableCheckpoint as e:  # no checkpoint of the run reads; none was moved
+        runs.fail("artv_jax.train", e)
 
 
 def _define_flags():
@@ -341,7 +370,6 @@ def _define_flags():
 
 
 if __name__ == "__main__":
-    from absl import app
+    from artv_jax import runs
 
-    _define_flags()
-    app.run(main)
+    runs.run("artv_jax.train", main, _define_flags)

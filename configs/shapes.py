@@ -1,15 +1,25 @@
 """The embedded default: a 4.7M-parameter ART·V trained from scratch on the shapes world, on a CPU.
 
     python -m artv_jax.train --config=configs/shapes.py --workdir=workdirs/shapes
+    python -m artv_jax.train --config=configs/shapes.py:two_stage --workdir=workdirs/shapes_two_stage
 
 Expected (2026-12-06, b996757, 2-core CPU, 30 min): `eval.json` background 1.00, colour 1.00, shape 0.56, direction
-0.44, frames right 0.21 (chance 0.33 / 0.25 / 0.33 / 0.25; machine-dependent, docs/experiments.md).
+0.44, frames right 0.21, clean frames 0.14, on track 0.00 (chance 0.33 / 0.25 / 0.33 / 0.25; machine-dependent,
+docs/experiments.md). two_stage (38 min): shape 0.33, direction 0.42, frames right 0.22, clean frames 0.23.
+
+two_stage first trains the shapes world's "Stable Diffusion", a text-to-image UNet on single frames
+(artv_jax/image_base.py, into <workdir>/image_base), then ART·V from it through model.pretrained, the path a
+user takes from SD 1.5: cleaner frames, a worse shape at this budget (docs/experiments.md).
 """
 
 from artv_jax import config as config_lib
 
+VARIANTS = ("", "two_stage")
 
-def get_config():
+
+def get_config(variant: str = ""):
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r} of configs/shapes.py; choose one of {VARIANTS}.")
     c = config_lib.defaults()
 
     # A quarter of the tuples are a clip's first step: only there must the caption say which way the object goes.
@@ -45,4 +55,9 @@ def get_config():
                                             "a yellow circle moving down on a gray background",
                                             "a blue triangle moving left on a white background"))
     c.eval.num_videos = 48
+
+    if variant == "two_stage":
+        # Stage 1, the image base: 2000 steps of 16 frames, timesteps as ART·V's; then 2000 ART·V steps from it.
+        c.image_base.update(num_steps=2000, global_batch=16, t_logit_normal=(-0.85, 1.2))
+        c.train.num_steps = 2000
     return c

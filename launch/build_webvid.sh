@@ -1,31 +1,36 @@
 #!/usr/bin/env bash
-# Build the webvid TFDS data set on the workers of a TPU VM, one shard per worker, then merge on worker 0:
-#   launch/build_webvid.sh --name artv --data_dir gs://B/tfds -- MANUAL_DIR NUM_WORKERS [256|512]
-# MANUAL_DIR (the WebVid CSVs and mp4s) must be readable from every worker (a mounted disk or gcsfuse).
+# Build the webvid TFDS data set on Google Cloud Dataflow (Apache Beam), launched from this checkout:
+#   launch/build_webvid.sh --project P --data_dir gs://B/tfds -- gs://B/webvid [CONFIG [BEAM_FLAG ...]]
+# The WebVid download (CSVs and mp4s) and the data dir must be on GCS. The workers install this checkout
+# (--setup_file=pyproject.toml); launching needs `pip install -e '.[beam]' 'apache-beam[gcp]' build` and
+# gcloud application-default credentials here. BEAM_FLAGs (e.g. --max_num_workers=100) go to Beam as given.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
-usage() { echo "usage: $0 --data_dir DIR [options] -- MANUAL_DIR NUM_WORKERS [CONFIG]"; usage_common; }
+usage() {
+  echo "usage: $0 --project P --data_dir gs://B/tfds [options] -- gs://B/webvid [CONFIG [BEAM_FLAG ...]]"
+  echo "  Dataflow region: \$ARTV_DATAFLOW_REGION [us-central1]; CONFIG: 256 (default) or tiny"
+  usage_common
+}
 parse_common "$@"
+require PROJECT --project
 require DATA_DIR --data_dir
-if [[ ${#EXTRA[@]} -lt 2 ]]; then
-  echo "$(basename "$0"): give MANUAL_DIR and NUM_WORKERS after --" >&2
+if [[ ${#EXTRA[@]} -lt 1 ]]; then
+  echo "$(basename "$0"): give MANUAL_DIR (gs://...) after --" >&2
   exit 2
 fi
 manual="${EXTRA[0]}"
-workers="${EXTRA[1]}"
-config="${EXTRA[2]:-256}"
-if ! [[ "$workers" =~ ^[1-9][0-9]*$ ]]; then
-  echo "$(basename "$0"): NUM_WORKERS must be a positive integer, got $workers" >&2
-  exit 2
-fi
-pids=()
-for ((i = 0; i < workers; i++)); do  # the shards build in parallel, one per worker
-  tpu_ssh "$i" "cd $REMOTE_DIR && python -m artv_jax.data.webvid build --manual_dir=$manual --data_dir=$DATA_DIR \
---config=$config --num_shards=$workers --shard_index=$i > ~/webvid_build_$i.log 2>&1" &
-  pids+=($!)
+config="${EXTRA[1]:-256}"
+beam_flags=("${EXTRA[@]:2}")
+for dir in "$manual" "$DATA_DIR"; do  # Dataflow workers see neither this machine's disks nor gcsfuse mounts
+  if [[ "$dir" != gs://* ]]; then
+    echo "$(basename "$0"): Dataflow reads and writes gs:// paths only, got $dir" >&2
+    exit 2
+  fi
 done
-for pid in "${pids[@]}"; do
-  wait "$pid" || { echo "$(basename "$0"): a shard failed (see ~/webvid_build_*.log on the workers)" >&2; exit 1; }
-done
-tpu_ssh 0 "cd $REMOTE_DIR && python -m artv_jax.data.webvid merge --data_dir=$DATA_DIR --config=$config \
---num_shards=$workers"
+bucket="${DATA_DIR#gs://}"
+bucket="${bucket%%/*}"
+repo="$(cd "$(dirname "$0")/.." && pwd)"
+run python -m artv_jax.data.webvid build --manual_dir="$manual" --data_dir="$DATA_DIR" --config="$config" \
+  --runner=DataflowRunner --project="$PROJECT" --region="${ARTV_DATAFLOW_REGION:-us-central1}" \
+  --temp_location="gs://$bucket/beam-tmp" --setup_file="$repo/pyproject.toml" \
+  --job_name="webvid-$config-$(date -u +%Y%m%d-%H%M%S)" "${beam_flags[@]}"

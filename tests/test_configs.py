@@ -77,6 +77,8 @@ def test_validate_fills_missing_keys_with_their_defaults():
     ({"objective": {"t_logit_normal": (0.0, -1.0)}}, "config key 'objective.t_logit_normal' must be \\(\\)"),
     ({"data": {"name": "webvid"}}, "config key 'data.tfds_name' must name a TFDS data set"),
     ({"train": {"compute_dtype": "fp8"}}, "config key 'train.compute_dtype' must be float32, bfloat16"),
+    ({"train": {"trainable": tuple("artv")}}, "config key 'train.trainable' must be a tuple of parameter paths"),
+    ({"image_base": {"num_steps": -1}}, "config key 'image_base.num_steps' must be >= 0"),
 ])
 def test_validate_names_the_bad_key_in_one_line(change, message):
     with pytest.raises(ValueError, match=message) as e:

@@ -1,13 +1,16 @@
-"""WebVid: PyAV clip decoding, skip counting, and the `webvid` TFDS builder on mp4s written in the test."""
+"""WebVid: PyAV clip decoding, skip counting, and the `webvid` TFDS builder (Beam) on mp4s written in the test."""
 
 from __future__ import annotations
 
 import collections
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import REPO
 
 from artv_jax.data import webvid
 
@@ -44,7 +47,6 @@ def red_index(clip: np.ndarray) -> np.ndarray:
 
 
 # videoid -> what the build must do with it
-# (ids chosen so that with 2 and with 3 shards every shard keeps a video)
 GOOD = {"10": ("pd1", 30, 40, 48, 64), "13": ("videos", 24, 30, 80, 48), "15": ("pd2", 10, 12, 96, 96)}
 EXPECTED_REPORT = {
     "rows": 13, "kept": 3,
@@ -124,59 +126,133 @@ def test_generate_clips_keeps_and_counts(manual_dir):
     assert webvid.summarize(counts) == EXPECTED_REPORT
 
 
-def test_shards_partition_rows(manual_dir):
-    csv_path = manual_dir / "results_2M_train.csv"
-    ids, total = [], collections.Counter()
-    for i in range(3):
-        counts = collections.Counter()
-        ids += [k for k, _ in webvid.generate_clips(manual_dir, csv_path, fps=FPS, size=SIZE, num_frames=FRAMES,
-                                                    counts=counts, shard_index=i, num_shards=3)]
-        assert 0 < counts["rows"] < EXPECTED_REPORT["rows"]
-        total.update(counts)
-    # Shards partition the rows; a duplicate videoid lands in its original's shard and is caught there.
-    assert sorted(ids) == sorted(GOOD)
-    assert webvid.summarize(total) == EXPECTED_REPORT
-
-
 def test_bad_csv_header_raises(tmp_path):
     (tmp_path / "x_train.csv").write_text("id,url,name\n1,u,n\n")
     with pytest.raises(ValueError, match="expected the WebVid header"):
         list(webvid.read_rows(tmp_path / "x_train.csv"))
 
 
-def test_builder_keeps_skips_and_reports(manual_dir, tmp_path):
+IN_PROCESS = ("--runner=FnApiRunner", "--direct_num_workers=1")  # Beam's local runner, in this process: fast
+
+
+@pytest.fixture(scope="module")
+def beam_build(manual_dir, tmp_path_factory):
+    """`webvid/tiny` of the fixture built with Beam, in this process."""
     tfds = pytest.importorskip("tensorflow_datasets")
-    builder = webvid.builder("tiny", data_dir=str(tmp_path))
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir)))
-    assert list(builder.info.splits) == ["train"]
-    ds = builder.as_data_source("train")
+    data_dir = tmp_path_factory.mktemp("webvid_tfds")
+    builder = webvid.builder("tiny", data_dir=str(data_dir))
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+        manual_dir=str(manual_dir), beam_options=webvid.beam_options(IN_PROCESS)))
+    return builder
+
+
+def test_beam_build_equals_the_sequential_build(manual_dir, beam_build):
+    counts = collections.Counter()
+    expected = dict(webvid.generate_clips(manual_dir, manual_dir / "results_2M_train.csv", fps=FPS, size=SIZE,
+                                          num_frames=FRAMES, counts=counts))
+    assert webvid.summarize(counts) == EXPECTED_REPORT and sorted(expected) == sorted(GOOD)
+    assert list(beam_build.info.splits) == ["train"]
+    ds = beam_build.as_data_source("train")
     got = {ex["videoid"].decode(): ex for ex in (ds[i] for i in range(len(ds)))}
-    assert sorted(got) == sorted(GOOD)
-    for vid, (page, *_) in GOOD.items():
-        expected = webvid.decode_clip(manual_dir / page / f"{vid}.mp4", fps=FPS, size=SIZE, num_frames=FRAMES)
-        np.testing.assert_array_equal(np.stack(got[vid]["video"]), expected)  # PNG: lossless
-    assert got["15"]["caption"].decode() == "slow ten fps square"
-    # The report: in the builder's metadata, on disk, and after reloading.
-    assert builder.info.metadata["report"] == {"train": EXPECTED_REPORT}
-    assert json.loads((Path(builder.data_dir) / "metadata.json").read_text()) == {"report": {"train": EXPECTED_REPORT}}
-    assert webvid.builder("tiny", data_dir=str(tmp_path)).info.metadata["report"] == {"train": EXPECTED_REPORT}
+    assert sorted(got) == sorted(expected)
+    for vid, ex in expected.items():  # the same records: caption, videoid, frames (PNG: lossless)
+        assert got[vid]["caption"].decode() == ex["caption"] and got[vid]["videoid"].decode() == ex["videoid"]
+        np.testing.assert_array_equal(np.stack(got[vid]["video"]), ex["video"], err_msg=vid)
+    assert got["10"]["caption"].decode() == "a dog runs on the beach"  # the first of the two rows of videoid 10
+    # The skip counts, from Beam's counters: in the builder's metadata, on disk, and after reloading.
+    assert beam_build.info.metadata["report"] == {"train": EXPECTED_REPORT}
+    on_disk = json.loads((Path(beam_build.data_dir) / "metadata.json").read_text())
+    assert on_disk == {"report": {"train": EXPECTED_REPORT}}
+    reloaded = webvid.builder("tiny", data_dir=str(Path(beam_build.data_dir).parents[2]))  # D/webvid/tiny/1.0.0
+    assert reloaded.info.metadata["report"] == {"train": EXPECTED_REPORT}
 
 
-def test_sharded_build_and_merge(manual_dir, tmp_path):
-    tfds = pytest.importorskip("tensorflow_datasets")
-    config = tfds.download.DownloadConfig(manual_dir=str(manual_dir))
-    for i in range(2):
-        webvid.builder("tiny", data_dir=str(tmp_path), shard_index=i, num_shards=2).download_and_prepare(
-            download_config=config)
-    report = webvid.merge_shards(str(tmp_path), "tiny", num_shards=2)
-    assert report == {"train": EXPECTED_REPORT}
-    assert [p.name for p in (tmp_path / "webvid").glob("tiny*")] == ["tiny"]  # shard datasets consumed
-    merged = webvid.builder("tiny", data_dir=str(tmp_path))
-    ds = merged.as_data_source("train")
-    assert sorted(ds[i]["videoid"].decode() for i in range(len(ds))) == sorted(GOOD)
-    assert merged.info.metadata["report"] == {"train": EXPECTED_REPORT}
-    assert sum(len(merged.as_data_source(tfds.split_for_jax_process("train", process_index=p, process_count=2)))
-               for p in range(2)) == 3
+def test_training_pipeline_reads_the_beam_build(manual_dir, beam_build):
+    from artv_jax.data import pipeline
+
+    shard = pipeline.tfds_shard("webvid/tiny", "train", data_dir=str(Path(beam_build.data_dir).parents[2]),
+                                process_index=0, process_count=1)
+    with pipeline.TupleIterator(shard, global_batch=3, tokenize=lambda text: np.array([len(text)], np.int32),
+                                num_ref_frames=1, stride_range=(1, 2), seed=0, num_epochs=1) as it:
+        (batch,) = list(it)
+    assert batch["target"].shape == (3, SIZE, SIZE, 3) and batch["refs"].shape == (3, 1, SIZE, SIZE, 3)
+    assert sorted(batch["tokens"][:, 0]) == sorted(len(c) for c in (
+        "a dog runs on the beach", "portrait, with a comma in the caption", "slow ten fps square"))
+
+
+def gcs_on_disk(monkeypatch, root: Path):
+    """Maps gs://bucket/... onto `root` for etils.epath (its mock, which TensorFlow's presence would bypass)."""
+    from etils.epath import gpath
+    from etils.epath import testing as epath_testing
+
+    monkeypatch.setattr(gpath, "_is_tf_installed", lambda: False)
+    to_disk = lambda path: str(path).replace("gs://bucket", str(root))
+    on_disk = lambda fn, path, *args, **kwargs: fn(to_disk(path), *args, **kwargs)
+    from_disk = lambda fn, pattern: [p.replace(str(root), "gs://bucket") for p in fn(to_disk(pattern))]
+    return epath_testing.mock_epath(open=on_disk, exists=on_disk, isdir=on_disk, stat=on_disk, glob=from_disk)
+
+
+def test_reading_from_a_url_equals_reading_the_directory(manual_dir, monkeypatch):
+    """gs://... paths are read through etils.epath: the same rows, clips and counts as from the directory."""
+    from etils import epath
+
+    with gcs_on_disk(monkeypatch, manual_dir):
+        csvs = webvid.split_csvs("gs://bucket", webvid.DEFAULT_SPLIT_CSVS)
+        assert isinstance(csvs["train"], epath.Path) and str(csvs["train"]) == "gs://bucket/results_2M_train.csv"
+        counts = collections.Counter()
+        remote = dict(webvid.generate_clips("gs://bucket", csvs["train"], fps=FPS, size=SIZE, num_frames=FRAMES,
+                                            counts=counts))
+    assert webvid.summarize(counts) == EXPECTED_REPORT
+    local = dict(webvid.generate_clips(manual_dir, manual_dir / "results_2M_train.csv", fps=FPS, size=SIZE,
+                                       num_frames=FRAMES, counts=collections.Counter()))
+    assert sorted(remote) == sorted(local)
+    for vid in remote:
+        np.testing.assert_array_equal(remote[vid]["video"], local[vid]["video"])
+
+
+def test_array_record_shards_for_a_url_are_written_locally_then_copied(tmp_path, monkeypatch):
+    """ArrayRecord writes local files only; the builder's writer stages a gs:// shard and copies it there."""
+    pytest.importorskip("tensorflow_datasets")
+    from array_record.python import array_record_module
+
+    writer = webvid.builder("tiny", data_dir=str(tmp_path / "tfds"))._example_writer()
+    records = [(i, f"record {i}".encode()) for i in range(5)]
+    with gcs_on_disk(monkeypatch, tmp_path):
+        writer.write("gs://bucket/webvid-train.array_record-00000-of-00001", records)
+    reader = array_record_module.ArrayRecordReader(str(tmp_path / "webvid-train.array_record-00000-of-00001"))
+    assert reader.read_all() == [r for _, r in records]
+    reader.close()
+
+
+def test_cli_bad_input_is_one_line(tmp_path):
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "artv_jax.data.webvid", "build", *args], cwd=REPO,
+                              capture_output=True, text=True, timeout=120, check=False)
+
+    missing = run(f"--manual_dir={tmp_path / 'nope'}", f"--data_dir={tmp_path / 'tfds'}")
+    assert missing.returncode == 2 and not missing.stdout
+    assert missing.stderr == (f"artv_jax.data.webvid: error: --manual_dir {tmp_path / 'nope'} is not a directory "
+                              f"(the WebVid CSVs and mp4s)\n")
+    (tmp_path / "empty").mkdir()
+    no_csv = run(f"--manual_dir={tmp_path / 'empty'}", f"--data_dir={tmp_path / 'tfds'}")
+    assert no_csv.returncode == 2 and len(no_csv.stderr.splitlines()) == 1
+    assert no_csv.stderr.startswith(f"artv_jax.data.webvid: error: no results CSV in {tmp_path / 'empty'} matches")
+    assert not (tmp_path / "tfds").exists()
+
+
+def test_cli_without_beam_says_how_to_install_it(manual_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "apache_beam", None)  # as if not installed
+    with pytest.raises(SystemExit) as exit_info:
+        webvid.main(["build", f"--manual_dir={manual_dir}", f"--data_dir={tmp_path}"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == ("artv_jax.data.webvid: error: building webvid needs Apache Beam: "
+                                       "pip install -e '.[beam]'\n")
+
+
+def test_unknown_beam_option_raises():
+    pytest.importorskip("apache_beam")
+    with pytest.raises(ValueError, match=r"unknown Beam pipeline options \['direct_num_wrokers'\]"):
+        webvid.beam_options(["--runner=FnApiRunner", "--direct_num_wrokers=2"])
 
 
 def test_unknown_config_field_raises():

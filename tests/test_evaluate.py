@@ -30,7 +30,8 @@ def test_evaluate_cli_writes_report_and_figures(tiny_run, tmp_path):
     assert report["i2v"]["curves"]["frame_ok"][0] == 1.0
     assert "position_error" in report["i2v"]["by_length"]["4"]  # i2v knows the start position
     assert "position_error" not in report["t2v"]["by_length"]["4"]
-    assert Image.open(out / "drift.png").size == (640, 300)
+    assert report["i2v"]["curves"]["clean"][0] == 1.0  # clean frames per frame; the rendered frame 0 is clean
+    assert Image.open(out / "drift.png").size == (900, 300)
     assert Image.open(out / "samples.png").size[0] > 0
 
 

@@ -75,14 +75,18 @@ def test_logs_stop_delete():
     assert len(dry_run("stop.sh")) == 1  # no --delete: the VM stays
 
 
-def test_build_webvid_one_shard_per_worker_then_merge():
-    cmds = dry_run("build_webvid.sh", "--data_dir", "gs://b/tfds", "--", "/mnt/webvid", "3", "512")
-    builds, merge = sorted(cmds[:-1], key=lambda c: c[-2]), cmds[-1]
-    assert [c[-2] for c in builds] == ["--worker=0", "--worker=1", "--worker=2"]
-    for i, cmd in enumerate(builds):
-        assert (f"python -m artv_jax.data.webvid build --manual_dir=/mnt/webvid --data_dir=gs://b/tfds --config=512 "
-                f"--num_shards=3 --shard_index={i} ") in cmd[-1]
-    assert merge[-2] == "--worker=0" and "webvid merge --data_dir=gs://b/tfds --config=512 --num_shards=3" in merge[-1]
+def test_build_webvid_launches_one_dataflow_job():
+    (cmd,) = dry_run("build_webvid.sh", "--project", "proj", "--data_dir", "gs://b/tfds", "--", "gs://b/webvid", "tiny",
+                     "--max_num_workers=8", env={"ARTV_DATAFLOW_REGION": "europe-west4"})
+    assert cmd[:9] == ["python", "-m", "artv_jax.data.webvid", "build", "--manual_dir=gs://b/webvid",
+                       "--data_dir=gs://b/tfds", "--config=tiny", "--runner=DataflowRunner", "--project=proj"]
+    assert cmd[9:12] == ["--region=europe-west4", "--temp_location=gs://b/beam-tmp",
+                         f"--setup_file={REPO / 'pyproject.toml'}"]
+    assert cmd[12].startswith("--job_name=webvid-tiny-") and cmd[13:] == ["--max_num_workers=8"]
+    out = subprocess.run(["bash", os.path.join(LAUNCH, "build_webvid.sh"), "--dry-run", "--project", "proj",
+                          "--data_dir", "gs://b/tfds", "--", "/mnt/webvid"], capture_output=True, text=True)
+    assert out.returncode == 2 and not out.stdout
+    assert out.stderr == "build_webvid.sh: Dataflow reads and writes gs:// paths only, got /mnt/webvid\n"
 
 
 def test_unknown_option_is_refused():

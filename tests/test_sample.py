@@ -54,6 +54,12 @@ def test_multi_prompt_then_continuation_keeps_the_given_frames(workdir, tmp_path
     (["--prompt=a", "--num_frames=-3"], "--num_frames must be positive"),
     (["--prompt=a", "--image=/no/such.png"], "no image file"),
     (["--prompt=a", "--image=WRONG_SIZE"], "are 24x20; this model makes 32x32 frames"),
+    (["--prompt=a purple hexagon moving sideways on a plaid background"],
+     "error: 'a purple hexagon moving sideways on a plaid background' has words outside this model's vocabulary: "
+     "purple, hexagon, sideways, plaid; it knows: a, moving, on, background, red,"),
+    (["--prompt=a red square moving right on a black background a blue circle"],
+     "has 12 words; this model's text encoder takes at most 10."),
+    (["--prompt=a", "--out=FILE/video.mp4"], "is a file, not a directory."),
 ])
 def test_bad_input_is_one_line(workdir, tmp_path, args, message):
     if "--image=WRONG_SIZE" in args:
@@ -61,6 +67,8 @@ def test_bad_input_is_one_line(workdir, tmp_path, args, message):
 
         Image.fromarray(np.zeros((20, 24, 3), np.uint8)).save(tmp_path / "small.png")
         args = [a.replace("WRONG_SIZE", str(tmp_path / "small.png")) for a in args]
+    (tmp_path / "file").write_text("")
+    args = [a.replace("=FILE/", f"={tmp_path / 'file'}/") for a in args]
     out = _sample(workdir, *args, check=False)
     assert out.returncode == 2
     assert message in out.stderr

@@ -38,6 +38,7 @@ def assert_perfect(result: dict) -> None:
         assert result[key] == 1.0, (key, result[key])
     assert result["speed"] == pytest.approx(1.0, abs=1e-9)
     assert result["speed_error"] < 1e-9 and result["area_error"] == 0.0 and result["colour_distance"] == 0.0
+    assert result["clean_fraction"] == 1.0 and result["track_accuracy"] == 1.0
 
 
 
@@ -304,6 +305,59 @@ def test_clear_errors():
         score.score_video(video, dict(background="black", colour="red", shape="square"))
     with pytest.raises(TypeError):
         score.score_video(video, 3)
+
+
+def _clean_case():
+    ex = shapes.generate_example("test", 3, 32, 16)
+    return ex, ex["video"].copy(), score.read_frame(ex["video"][0])
+
+
+def test_clean_frames_catch_grain_blobs_and_off_palette_colours():
+    ex, video, frame0 = _clean_case()
+    bg = np.asarray(shapes.BACKGROUNDS[ex["background"]], np.float32)
+    assert score.score_video(video, ex)["clean_fraction"] == 1.0
+    # A 2x2 speck 70 from the background: below the reader's object threshold (80), so still one object and a
+    # right frame, but grain that nearly passes for an object: not clean.
+    x0, y0, x1, y1 = frame0["bbox"]
+    sx, sy = (x1 + 3, y0) if x1 + 5 < 32 else (x0 - 5, y0)
+    speck = video.copy()
+    speck[1, sy:sy + 2, sx:sx + 2] = np.clip(bg + np.sign(127.5 - bg) * [70, 0, 0], 0, 255).astype(np.uint8)
+    r = score.score_video(speck, ex)
+    assert r["curves"]["one_object"][1] and r["curves"]["frame_ok"][1] and not r["curves"]["clean"][1]
+    assert r["clean_fraction"] == 15 / 16
+    # The object twice its area (dilated): the right colour, one object, not clean.
+    grown = video.copy()
+    mask = np.any(grown[2] != bg.astype(np.uint8), -1)
+    big = mask | np.roll(mask, 1, 0) | np.roll(mask, 1, 1) | np.roll(mask, (1, 1), (0, 1))
+    grown[2][big] = grown[2][mask][0]
+    assert score.score_video(grown, ex)["curves"]["area_ratio"][2] > 1.25
+    assert not score.score_video(grown, ex)["curves"]["clean"][2]
+    # The background 45 off in one channel: still read as the captioned background, not clean.
+    tinted = video.copy().astype(np.int16)
+    tinted[3][~np.any(video[3] != bg.astype(np.uint8), -1)] += np.where(bg > 127, -45, 45).astype(np.int16)
+    r = score.score_video(np.clip(tinted, 0, 255).astype(np.uint8), ex)
+    assert r["curves"]["background_ok"][3] and not r["curves"]["clean"][3]
+    assert r["clean_fraction"] == 15 / 16
+
+
+def test_track_starts_at_the_objects_own_position():
+    ex, video, _ = _clean_case()
+    caption_only = ex["caption"]  # text-to-video: no start position given
+    assert score.score_video(video, caption_only)["on_track"]
+    # The same world from another start is on its own track too.
+    other = shapes.render_video(ex["background"], ex["colour"], ex["shape"], ex["direction"], 5, 7, size=32,
+                                num_frames=16)
+    assert score.score_video(other, caption_only)["on_track"]
+    # Moving at 2 px/frame leaves the track within a few frames; standing still too.
+    fast = np.stack([other[min(2 * t, 15)] for t in range(16)])
+    assert not score.score_video(fast, caption_only)["on_track"]
+    assert not score.score_video(np.repeat(other[:1], 16, 0), caption_only)["on_track"]
+    # The opposite direction is off track from the first move.
+    opposite = {"left": "right", "right": "left", "up": "down", "down": "up"}[ex["direction"]]
+    reverse = shapes.render_video(ex["background"], ex["colour"], ex["shape"], opposite, 11, 11, size=32,
+                                  num_frames=16)
+    r = score.score_video(reverse, caption_only)
+    assert not r["on_track"] and r["curves"]["track_error"][0] == pytest.approx(0.0, abs=0.5)
 
 
 def test_score_batch_is_fast():

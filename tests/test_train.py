@@ -173,7 +173,8 @@ def test_cli_trains_the_shapes_default_and_the_loss_falls(tmp_path):
            "--config.train.num_steps=40", "--config.train.warmup_steps=5",
            "--config.log_every=5", "--config.checkpoint.every=20", "--config.eval.num_videos=2",
            "--config.eval.num_frames=3", "--config.eval.batch=2", "--config.eval.num_steps=2",
-           "--config.sample.num_frames=3", "--config.sample.num_steps=2", "--config.train.trainable=('artv',)"]
+           "--config.sample.num_frames=3", "--config.sample.num_steps=2", "--config.train.trainable=('artv',)",
+           "--config.image_base.num_steps=0"]  # a scratch model (stage 1: tests/test_image_base.py)
     out = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-4000:]
     metrics = [json.loads(line) for line in open(workdir / "metrics.jsonl")]

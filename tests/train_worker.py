@@ -28,6 +28,7 @@ def tiny_config(num_steps: int, checkpoint_every: int, global_batch: int = 8, me
                         resnet_time_scale_shift="scale_shift")  # the default's text pooling and scale-shift ResNets
     c.model.text.update(hidden_size=32, num_layers=1, num_heads=2, max_length=12)
     c.train.trainable = ("artv", "text")  # the default freezes the encoder; these runs cover training it too
+    c.image_base.num_steps = 0  # the trainer's own machinery, on a scratch model (tests/test_image_base.py: stage 1)
     c.train.num_steps = num_steps
     c.train.global_batch = global_batch
     c.train.warmup_steps = 2

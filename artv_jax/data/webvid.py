@@ -1,7 +1,8 @@
-"""WebVid from a local download: PyAV clip decoding and the TFDS builder `webvid`.
+"""WebVid from a download: PyAV clip decoding and the TFDS builder `webvid`, built with Apache Beam.
 
 Nothing is downloaded. Put the results CSV (`videoid,contentUrl,duration,
-page_dir,name`) and the mp4 files in one directory, the TFDS `manual_dir`:
+page_dir,name`) and the mp4 files in one directory, the TFDS `manual_dir`
+(local, or a URL such as gs://bucket/webvid):
 
     manual_dir/
       results_2M_train.csv           # split `train` (first file matching *train*.csv)
@@ -18,34 +19,23 @@ the `videoid`, in array_record files (random access: `as_data_source`; pass
 (32x32, 8 fps, 8 frames, PNG; for tests). Any field can be overridden in
 `builder(...)`.
 
+The builder's splits are Apache Beam pipelines (`build_split`): one reader
+parses the CSV, a GroupByKey on `videoid` keeps the first row of each id, and
+the workers decode. It runs on Beam's local Python runner (`LOCAL_BEAM_FLAGS`:
+one worker process per core; it holds a split in memory, so tests and subsets)
+or on any Beam runner given as flags, such as Dataflow (docs/data.md):
+
+    python -m artv_jax.data.webvid build --manual_dir=M --data_dir=D --config=256 [--beam_flag=...]
+
 A bad row or file never stops a build: it is skipped and counted under one
-of `SKIP_REASONS`. The counts of each split are logged at the end of the split
-and stored in the dataset's `metadata.json` (`builder.info.metadata["report"]`).
+of `SKIP_REASONS` with Beam metrics counters. Once the pipeline has run, the
+counts of each split are logged and stored in the dataset's `metadata.json`
+(`builder.info.metadata["report"]`). `generate_clips` applies the same rules
+in one Python loop: the reference the Beam build is tested against.
 
-Building in one process (decoding is ~all of the cost, ~1 core per process):
-
-    python -m artv_jax.data.webvid build --manual_dir=M --data_dir=D --config=256
-
-Building in parallel: a CSV row belongs to shard `crc32(videoid) % num_shards`
-(a malformed row: its row number modulo `num_shards`), so duplicate rows land
-in the same shard and are caught there. Run one process per shard, on one
-machine or on many sharing `D`, then merge the shard datasets into the normal
-`webvid/256` one:
-
-    for i in $(seq 0 15); do
-      python -m artv_jax.data.webvid build --manual_dir=M --data_dir=D --config=256 \\
-          --num_shards=16 --shard_index=$i &
-    done; wait
-    python -m artv_jax.data.webvid merge --data_dir=D --config=256 --num_shards=16
-
-Every shard must keep at least one video of every split (TFDS cannot store an
-empty split). Shard `i` is the dataset `webvid/256_shard{i:05d}of{n:05d}`; `merge` moves its
-record files into `webvid/256` (no re-encoding), sums the skip counts and
-deletes the emptied shard datasets.
-
-`decode_clip` and the CSV/row logic (`generate_clips`) need only PyAV and NumPy;
-tensorflow_datasets is imported inside `builder_class()`, `builder()` and
-`merge_shards()`.
+`decode_clip` and the CSV/row logic need only PyAV and NumPy (and etils for
+URLs); tensorflow_datasets is imported inside `builder_class()` and `builder()`,
+apache_beam inside `build_split()` and the builder's methods.
 """
 
 from __future__ import annotations
@@ -54,13 +44,14 @@ import argparse
 import collections
 import csv
 import functools
+import importlib.util
 import io
 import json
 import logging
 import os
 import re
 import shutil
-import zlib
+import tempfile
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, Iterator
@@ -70,7 +61,7 @@ import numpy as np
 CSV_FIELDS = ("videoid", "contentUrl", "duration", "page_dir", "name")
 SKIP_REASONS = (
     "bad_csv_row",        # unparsable line, wrong number of fields, empty/odd videoid, page_dir or name
-    "duplicate_videoid",  # a videoid seen before in this shard (the first is kept)
+    "duplicate_videoid",  # a videoid on an earlier row of the same CSV (the first row is kept)
     "missing_file",       # no mp4 in either layout
     "empty_file",         # zero bytes
     "unreadable",         # PyAV cannot open it (not a video, or truncated before its index) or no video stream
@@ -78,6 +69,10 @@ SKIP_REASONS = (
     "too_short",          # shorter than the clip (num_frames at fps)
 )
 DEFAULT_SPLIT_CSVS = {"train": "*train*.csv", "validation": "*val*.csv"}
+METRICS_NAMESPACE = "webvid"  # Beam counters `{split}/{rows|kept|reason}`
+# Beam's local Python runner (FnApiRunner), one worker process per core: the build's default. (Beam's
+# `DirectRunner` first tries Prism, a Go runner it downloads from GitHub, and only then falls back to it.)
+LOCAL_BEAM_FLAGS = ("--runner=FnApiRunner", "--direct_running_mode=multi_processing", "--direct_num_workers=0")
 _VIDEOID = re.compile(r"^[A-Za-z0-9_-]+$")
 
 log = logging.getLogger(__name__)
@@ -91,6 +86,39 @@ class ClipError(Exception):
             raise ValueError(f"unknown skip reason {reason!r}")
         super().__init__(f"{reason}: {message}")
         self.reason = reason
+
+
+# --------------------------------------------------------------------------
+# Paths: local, or URLs (gs://...) through etils.epath.
+# --------------------------------------------------------------------------
+
+
+def _is_url(path) -> bool:
+    return "://" in os.fspath(path)
+
+
+def _path(path):
+    """A pathlib.Path, or for a URL (gs://...) an etils epath.Path (read through tf.io.gfile or fsspec)."""
+    if _is_url(path):
+        from etils import epath
+
+        return epath.Path(os.fspath(path))
+    return Path(path)
+
+
+class _RawReader(io.RawIOBase):
+    """A raw binary stream over a file object that only has `read(n)` (tf.io.gfile.GFile has no `readable`)."""
+
+    def __init__(self, f):
+        self._f = f
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        data = self._f.read(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
 
 
 # --------------------------------------------------------------------------
@@ -109,13 +137,21 @@ def decode_clip(path: str | os.PathLike, *, fps: float, size: int, num_frames: i
         raise ValueError(f"fps, size and num_frames must be positive, got {fps}, {size}, {num_frames}")
     import av
 
-    path = Path(path)
+    remote = _is_url(path)
+    path = _path(path)
     if not path.is_file():
         raise ClipError("missing_file", str(path))
-    if path.stat().st_size == 0:
-        raise ClipError("empty_file", str(path))
+    if remote:  # gs://...: read through etils.epath, decode from memory
+        data = path.read_bytes()
+        if not data:
+            raise ClipError("empty_file", str(path))
+        source = io.BytesIO(data)
+    else:  # FFmpeg reads local files itself
+        if path.stat().st_size == 0:
+            raise ClipError("empty_file", str(path))
+        source = str(path)
     try:
-        container = av.open(str(path))
+        container = av.open(source)
     except (av.FFmpegError, OSError, ValueError) as e:
         raise ClipError("unreadable", f"{path}: {e}") from None
     with container:
@@ -195,8 +231,13 @@ def _resize_crop(frame, size: int) -> np.ndarray:
 
 
 def read_rows(csv_path: str | os.PathLike) -> Iterator[tuple[int, dict[str, str] | None]]:
-    """(row number, row) for each data row of a results CSV (blank lines skipped); row is None when malformed."""
-    with open(csv_path, newline="", encoding="utf-8", errors="replace") as f:
+    """(row number, row) for each data row of a results CSV (blank lines skipped); row is None when malformed.
+
+    `csv_path` may be a URL (gs://...).
+    """
+    with _path(csv_path).open("rb") as raw:
+        f = io.TextIOWrapper(io.BufferedReader(_RawReader(raw), 1 << 20), encoding="utf-8", errors="replace",
+                             newline="")
         reader = csv.reader(f)
         header = next(reader, None)
         if header is None or [h.strip() for h in header] != list(CSV_FIELDS):
@@ -226,36 +267,34 @@ def _parse_row(fields: list[str]) -> dict[str, str] | None:
     return row
 
 
-def find_video(manual_dir: str | os.PathLike, row: dict[str, str]) -> Path | None:
-    """`{page_dir}/{videoid}.mp4`, else `videos/{videoid}.mp4`, else None."""
-    for rel in (Path(row["page_dir"]) / f"{row['videoid']}.mp4", Path("videos") / f"{row['videoid']}.mp4"):
-        path = Path(manual_dir) / rel
+def find_video(manual_dir: str | os.PathLike, row: dict[str, str]):
+    """`{page_dir}/{videoid}.mp4`, else `videos/{videoid}.mp4`, else None (a Path, or an epath.Path for a URL)."""
+    for rel in (f"{row['page_dir']}/{row['videoid']}.mp4", f"videos/{row['videoid']}.mp4"):
+        path = _path(manual_dir) / rel
         if path.is_file():
             return path
     return None
 
 
-def shard_of(row_number: int, row: dict[str, str] | None, num_shards: int) -> int:
-    """The shard of a CSV row: crc32(videoid) % num_shards, so that duplicates meet; malformed rows by number."""
-    if row is None:
-        return row_number % num_shards
-    return zlib.crc32(row["videoid"].encode()) % num_shards
+def clip_of_row(manual_dir: str | os.PathLike, row: dict[str, str], *, fps: float, size: int,
+                num_frames: int) -> np.ndarray:
+    """The clip of a well-formed row; raises ClipError (missing_file, or a reason from `decode_clip`)."""
+    path = find_video(manual_dir, row)
+    if path is None:
+        raise ClipError("missing_file", f"{row['page_dir']}/{row['videoid']}.mp4 (or videos/)")
+    return decode_clip(path, fps=fps, size=size, num_frames=num_frames)
 
 
 def generate_clips(manual_dir: str | os.PathLike, csv_path: str | os.PathLike, *, fps: float, size: int,
-                   num_frames: int, counts: collections.Counter, shard_index: int = 0,
-                   num_shards: int = 1) -> Iterator[tuple[str, dict[str, Any]]]:
-    """Yields (videoid, {'video', 'caption', 'videoid'}) for the kept rows of this shard.
+                   num_frames: int, counts: collections.Counter) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Yields (videoid, {'video', 'caption', 'videoid'}) for the kept rows, in one Python loop.
 
-    `counts` is updated in place: 'rows' (rows of this shard), 'kept', and one
-    key per skip reason that occurred.
+    The rules of the Beam build (`build_split`), sequentially: the reference it is
+    tested against. `counts` is updated in place: 'rows', 'kept', and one key
+    per skip reason that occurred.
     """
-    if not 0 <= shard_index < num_shards:
-        raise ValueError(f"shard_index must be in 0..{num_shards - 1}, got {shard_index}")
     seen: set[str] = set()
     for r, row in read_rows(csv_path):
-        if shard_of(r, row, num_shards) != shard_index:
-            continue
         counts["rows"] += 1
         try:
             if row is None:
@@ -263,10 +302,7 @@ def generate_clips(manual_dir: str | os.PathLike, csv_path: str | os.PathLike, *
             if row["videoid"] in seen:
                 raise ClipError("duplicate_videoid", f"{csv_path}: data row {r}: {row['videoid']}")
             seen.add(row["videoid"])
-            path = find_video(manual_dir, row)
-            if path is None:
-                raise ClipError("missing_file", f"{row['page_dir']}/{row['videoid']}.mp4 (or videos/)")
-            video = decode_clip(path, fps=fps, size=size, num_frames=num_frames)
+            video = clip_of_row(manual_dir, row, fps=fps, size=size, num_frames=num_frames)
         except ClipError as e:
             counts[e.reason] += 1
             log.info("webvid: skipped %s", e)
@@ -281,11 +317,11 @@ def summarize(counts: collections.Counter) -> dict[str, Any]:
             "skipped": {reason: counts[reason] for reason in SKIP_REASONS}}
 
 
-def split_csvs(manual_dir: str | os.PathLike, patterns: dict[str, str]) -> dict[str, Path]:
+def split_csvs(manual_dir: str | os.PathLike, patterns: dict[str, str]) -> dict[str, Any]:
     """The CSV of each split present in `manual_dir`; raises if a pattern is ambiguous or none match."""
     found = {}
     for split, pattern in patterns.items():
-        matches = sorted(Path(manual_dir).glob(pattern))
+        matches = sorted(_path(manual_dir).glob(pattern))
         if len(matches) > 1:
             raise ValueError(f"split {split!r}: {len(matches)} files in {manual_dir} match {pattern!r}: "
                              f"{[m.name for m in matches]}; pass the file name explicitly")
@@ -297,137 +333,97 @@ def split_csvs(manual_dir: str | os.PathLike, patterns: dict[str, str]) -> dict[
 
 
 # --------------------------------------------------------------------------
-# TFDS builder `webvid` (tensorflow_datasets imported on first use).
+# The Beam pipeline of one split (apache_beam imported on first use).
 # --------------------------------------------------------------------------
 
 
-@functools.cache
-def builder_class():
-    """Defines (once) and returns the TFDS builder class `Webvid`; imports tensorflow_datasets.
+def build_split(split: str, manual_dir: str | os.PathLike, csv_path: str | os.PathLike, *, fps: float, size: int,
+                num_frames: int, encoding: str, jpeg_quality: int):
+    """The Beam PTransform, applied to a pipeline, that gives (videoid, example) for each kept row of a CSV.
 
-    Defining the class registers `webvid` with TFDS.
+    One worker reads the CSV (a row's number needs one reader; parsing is cheap next to decoding), a
+    GroupByKey on `videoid` keeps the first row of each id, as `generate_clips` does, and the decoding
+    spreads over the workers. Each row is counted in the Beam counters `webvid:{split}/rows`, and then
+    `.../kept` or `.../{reason}` (read back by `reports_from_metrics`).
     """
-    import dataclasses
+    import apache_beam as beam
 
-    import tensorflow_datasets as tfds
-    from etils import epath
-
-    @dataclasses.dataclass
-    class WebvidConfig(tfds.core.BuilderConfig):
-        """Clip geometry, storage and shard of one `webvid` variant."""
-        size: int = 256
-        fps: float = 8.0
-        num_frames: int = 16
-        encoding: str = "jpeg"  # or "png" (lossless, ~5x larger)
-        jpeg_quality: int = 90
-        split_csvs: dict = dataclasses.field(default_factory=lambda: dict(DEFAULT_SPLIT_CSVS))
-        shard_index: int = 0
-        num_shards: int = 1
-
-    class Webvid(tfds.core.GeneratorBasedBuilder):
-        """WebVid clips with captions, decoded from a local download with PyAV."""
-
-        VERSION = tfds.core.Version("1.0.0")
-        RELEASE_NOTES = {"1.0.0": "First release."}
-        MANUAL_DOWNLOAD_INSTRUCTIONS = (
-            "Put the WebVid results CSVs (videoid,contentUrl,duration,page_dir,name) and the mp4 files "
-            "(<page_dir>/<videoid>.mp4 or videos/<videoid>.mp4) in manual_dir.")
-        BUILDER_CONFIGS = [
-            WebvidConfig(name="256", description="256x256, 8 fps, 16 frames, JPEG frames."),
-            WebvidConfig(name="tiny", description="32x32, 8 fps, 8 frames, PNG frames; for tests.",
-                         size=32, num_frames=8, encoding="png"),
-        ]
-        DEFAULT_CONFIG_NAME = "256"
-        # TFDS 4.9.10 infers this via `importlib_resources`, which new `etils`
-        # no longer installs; naming the file directly sidesteps that import.
-        code_path = epath.Path(__file__)
-
-        def __init__(self, *, file_format=None, **kwargs):
-            # array_record gives the random access the input pipeline resumes by.
-            super().__init__(file_format=file_format or "array_record", **kwargs)
-
-        def _info(self):
-            cfg = self.builder_config
-            return self.dataset_info_from_configs(
-                features=tfds.features.FeaturesDict({
-                    "video": tfds.features.Video(shape=(cfg.num_frames, cfg.size, cfg.size, 3),
-                                                 encoding_format=cfg.encoding),
-                    "caption": tfds.features.Text(),
-                    "videoid": tfds.features.Text(),
-                }),
-                homepage="https://m-bain.github.io/webvid-dataset/",
-                metadata=tfds.core.MetadataDict(),
-            )
-
-        def _split_generators(self, dl_manager):
-            cfg = self.builder_config
-            csvs = split_csvs(dl_manager.manual_dir, cfg.split_csvs)
-            return {split: self._generate_examples(dl_manager.manual_dir, split, path)
-                    for split, path in csvs.items()}
-
-        def _generate_examples(self, manual_dir, split, csv_path):
-            cfg = self.builder_config
-            counts = collections.Counter()
-            for key, ex in generate_clips(manual_dir, csv_path, fps=cfg.fps, size=cfg.size,
-                                          num_frames=cfg.num_frames, counts=counts,
-                                          shard_index=cfg.shard_index, num_shards=cfg.num_shards):
-                ex["video"] = [_encode_frame(f, cfg.encoding, cfg.jpeg_quality) for f in ex["video"]]
-                yield key, ex
-            report = summarize(counts)
-            self.info.metadata.setdefault("report", {})[split] = report
-            log.warning("webvid %s %s (shard %d/%d): %s", cfg.name, split, cfg.shard_index, cfg.num_shards,
-                        json.dumps(report))
-            if not report["kept"]:  # TFDS cannot write an empty split; say why here rather than in TFDS
-                hint = "; use fewer shards" if cfg.num_shards > 1 else ""
-                raise RuntimeError(f"webvid {split}: no usable video among the {report['rows']} rows of this "
-                                   f"build{hint}: {report}")
-
-    return Webvid
+    clip = {"fps": fps, "size": size, "num_frames": num_frames}
+    return ("CsvPath" >> beam.Create([os.fspath(csv_path)])
+            | "Rows" >> beam.FlatMap(_keyed_rows, split)
+            | "ByVideoid" >> beam.GroupByKey()
+            | "FirstRow" >> beam.Map(_first_row, split)
+            | "Decode" >> beam.FlatMap(_clip_example, split, os.fspath(manual_dir), clip, encoding, jpeg_quality))
 
 
-def builder(config: str = "256", *, data_dir: str | None = None, shard_index: int = 0, num_shards: int = 1,
-            **overrides):
-    """A `webvid` builder instance; imports tensorflow_datasets.
+def _count(split: str, key: str, n: int = 1) -> None:
+    from apache_beam.metrics import Metrics
 
-    `overrides` replace fields of the named config (size, fps, num_frames,
-    encoding, jpeg_quality, split_csvs); the name then records them. With
-    `num_shards > 1` the builder makes shard `shard_index` only, as the dataset
-    `webvid/{config}_shard{i:05d}of{n:05d}` (see `merge_shards`). Build with
-    `b.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=...))`.
-    """
-    import dataclasses
-
-    cfg = _config(config, overrides)
-    if num_shards > 1:
-        if not 0 <= shard_index < num_shards:
-            raise ValueError(f"shard_index must be in 0..{num_shards - 1}, got {shard_index}")
-        cfg = dataclasses.replace(cfg, name=_shard_name(cfg.name, shard_index, num_shards),
-                                  shard_index=shard_index, num_shards=num_shards)
-    return builder_class()(config=cfg, data_dir=data_dir)
+    Metrics.counter(METRICS_NAMESPACE, f"{split}/{key}").inc(n)
 
 
-def _config(config: str, overrides: dict):
-    import dataclasses
-
-    cls = builder_class()
-    base = {c.name: c for c in cls.BUILDER_CONFIGS}
-    if config not in base:
-        raise ValueError(f"unknown webvid config {config!r}; expected one of {sorted(base)}")
-    cfg = base[config]
-    fields = {f.name for f in dataclasses.fields(cfg)} - {"name", "shard_index", "num_shards"}
-    unknown = set(overrides) - fields
-    if unknown:
-        raise ValueError(f"unknown webvid config fields {sorted(unknown)}; allowed: {sorted(fields)}")
-    if overrides:
-        name = config + "".join(f"_{k}{v}" for k, v in sorted(overrides.items()) if k != "split_csvs")
-        if "split_csvs" in overrides:
-            name += "_csv" + "".join(sorted(f"{s}-{Path(p).stem}" for s, p in overrides["split_csvs"].items()))
-        cfg = dataclasses.replace(cfg, name=re.sub(r"[^A-Za-z0-9_.-]", "-", name), **overrides)
-    return cfg
+def _keyed_rows(csv_path: str, split: str) -> Iterator[tuple[str, tuple[int, dict[str, str]]]]:
+    """(videoid, (row number, row)) for each well-formed row of the CSV; counts all rows and the malformed ones."""
+    rows = bad = 0
+    for r, row in read_rows(csv_path):
+        rows += 1
+        if row is None:
+            bad += 1
+            log.info("webvid: skipped bad_csv_row: %s: data row %d", csv_path, r)
+            continue
+        # Only what the clip needs goes through the shuffle (10M rows: contentUrl and duration are ~half of it).
+        yield row["videoid"], (r, {k: row[k] for k in ("videoid", "page_dir", "name")})
+    _count(split, "rows", rows)  # once per CSV: a counter update per row costs as much as parsing it
+    _count(split, "bad_csv_row", bad)
 
 
-def _shard_name(name: str, shard_index: int, num_shards: int) -> str:
-    return f"{name}_shard{shard_index:05d}of{num_shards:05d}"
+def _first_row(keyed: tuple[str, Any], split: str) -> tuple[int, dict[str, str]]:
+    """The (row number, row) of a videoid's first row; the others are counted as duplicates."""
+    videoid, rows = keyed
+    rows = sorted(rows, key=lambda numbered: numbered[0])
+    if len(rows) > 1:
+        _count(split, "duplicate_videoid", len(rows) - 1)
+        log.info("webvid: skipped duplicate_videoid: %s on data rows %s", videoid, [r for r, _ in rows[1:]])
+    return rows[0]
+
+
+def _clip_example(numbered_row: tuple[int, dict[str, str]], split: str, manual_dir: str, clip: dict,
+                  encoding: str, jpeg_quality: int) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(videoid, example with encoded frames) of a row, or nothing when its video gives no clip (counted)."""
+    _, row = numbered_row
+    try:
+        video = clip_of_row(manual_dir, row, **clip)
+    except ClipError as e:
+        _count(split, e.reason)
+        log.info("webvid: skipped %s", e)
+        return
+    _count(split, "kept")
+    yield row["videoid"], {"video": [_encode_frame(frame, encoding, jpeg_quality) for frame in video],
+                           "caption": row["name"], "videoid": row["videoid"]}
+
+
+def reports_from_metrics(pipeline_result, splits) -> dict[str, dict[str, Any]]:
+    """The report (`summarize`) of each split from the counters of a finished Beam pipeline."""
+    from apache_beam.metrics.metric import MetricsFilter
+
+    counts = {split: collections.Counter() for split in splits}
+    for result in pipeline_result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE))["counters"]:
+        split, _, key = result.key.metric.name.partition("/")
+        # Committed values count a retried bundle once; a runner without them has only the attempted ones.
+        value = result.committed if result.committed is not None else result.attempted
+        counts[split][key] += value  # a counter has one result per step that touched it: they add up
+    return {split: summarize(c) for split, c in counts.items()}
+
+
+def beam_options(flags):
+    """Beam `PipelineOptions` from command-line flags (`--runner=DataflowRunner`, ...); unknown flags raise."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    options = PipelineOptions(list(flags))
+    unknown = set(options.get_all_options(retain_unknown_options=True)) - set(options.get_all_options())
+    if unknown:  # Beam itself would only log them
+        raise ValueError(f"unknown Beam pipeline options {sorted(unknown)} in {list(flags)}")
+    return options
 
 
 def _encode_frame(frame: np.ndarray, encoding: str, quality: int) -> bytes:
@@ -443,85 +439,194 @@ def _encode_frame(frame: np.ndarray, encoding: str, quality: int) -> bytes:
     return buf.getvalue()
 
 
-def merge_shards(data_dir: str, config: str = "256", *, num_shards: int, **overrides) -> dict[str, Any]:
-    """Moves the record files of the `num_shards` shard builds into the single dataset `webvid/{config}`.
+# --------------------------------------------------------------------------
+# TFDS builder `webvid` (tensorflow_datasets imported on first use).
+# --------------------------------------------------------------------------
 
-    The shard datasets must all be complete; they are deleted once merged. Returns the merged report (skip
-    counts summed over shards), which is also stored in `metadata.json`.
+CONFIGS = {  # name -> (description, fields that differ from WebvidConfig's defaults)
+    "256": ("256x256, 8 fps, 16 frames, JPEG frames.", {}),
+    "tiny": ("32x32, 8 fps, 8 frames, PNG frames; for tests.", {"size": 32, "num_frames": 8, "encoding": "png"}),
+}
+
+
+@functools.cache
+def builder_class():
+    """Defines (once) and returns the TFDS builder class `Webvid`; imports tensorflow_datasets.
+
+    Defining the class registers `webvid` with TFDS.
     """
-    if num_shards < 2:
-        raise ValueError(f"merge_shards needs num_shards >= 2, got {num_shards}")
-    final = builder(config, data_dir=data_dir, **overrides)
-    final_dir = Path(final.data_dir)
-    if (final_dir / "dataset_info.json").exists():
-        raise FileExistsError(f"{final_dir} already holds a dataset")
-    shard_dirs = [Path(builder(config, data_dir=data_dir, shard_index=i, num_shards=num_shards, **overrides).data_dir)
-                  for i in range(num_shards)]
-    missing = [str(d) for d in shard_dirs if not (d / "dataset_info.json").is_file()]
-    if missing:
-        raise FileNotFoundError(f"{len(missing)} shard builds are missing or incomplete: {missing[:5]}")
-    infos = [json.loads((d / "dataset_info.json").read_text()) for d in shard_dirs]
-    reports = [json.loads((d / "metadata.json").read_text())["report"] for d in shard_dirs]
-    splits = [s["name"] for s in infos[0]["splits"]]
-    if any([s["name"] for s in info["splits"]] != splits for info in infos):
-        raise ValueError("shard builds have different splits; were they built from the same manual_dir?")
+    import dataclasses
 
-    final_dir.mkdir(parents=True)
-    merged_splits, merged_report = [], {}
-    for split in splits:
-        files, lengths, num_bytes = [], [], 0
-        for d, info in zip(shard_dirs, infos):
-            (s,) = [s for s in info["splits"] if s["name"] == split]
-            n = len(s["shardLengths"])
-            files += [d / f"webvid-{split}.{info['fileFormat']}-{j:05d}-of-{n:05d}" for j in range(n)]
-            lengths += [int(x) for x in s["shardLengths"]]
-            num_bytes += int(s.get("numBytes", 0))
-        for j, src in enumerate(files):
-            os.replace(src, final_dir / f"webvid-{split}.{infos[0]['fileFormat']}-{j:05d}-of-{len(files):05d}")
-        merged_splits.append({"name": split, "numBytes": str(num_bytes), "shardLengths": [str(x) for x in lengths],
-                              "filepathTemplate": "{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}"})
-        counts = collections.Counter()
-        for report in reports:
-            counts.update({"rows": report[split]["rows"], "kept": report[split]["kept"], **report[split]["skipped"]})
-        merged_report[split] = summarize(counts)
+    import tensorflow_datasets as tfds
+    from etils import epath
+    from tensorflow_datasets.core import file_adapters
+    from tensorflow_datasets.core import writer as writer_lib
 
-    info = dict(infos[0], configName=final.builder_config.name,
-                configDescription=final.builder_config.description, splits=merged_splits)
-    (final_dir / "dataset_info.json").write_text(json.dumps(info, indent=2))
-    for name in ("features.json",):
-        (final_dir / name).write_bytes((shard_dirs[0] / name).read_bytes())
-    (final_dir / "metadata.json").write_text(json.dumps({"report": merged_report}))
-    for d in shard_dirs:  # their record files are gone; what is left would read as a broken data set
-        shutil.rmtree(d)
-        if not any(d.parent.iterdir()):
-            d.parent.rmdir()
-    log.warning("webvid %s: merged %d shards into %s: %s", config, num_shards, final_dir, json.dumps(merged_report))
-    return merged_report
+    @dataclasses.dataclass
+    class WebvidConfig(tfds.core.BuilderConfig):
+        """Clip geometry and storage of one `webvid` variant."""
+        size: int = 256
+        fps: float = 8.0
+        num_frames: int = 16
+        encoding: str = "jpeg"  # or "png" (lossless, ~5x larger)
+        jpeg_quality: int = 90
+        split_csvs: dict = dataclasses.field(default_factory=lambda: dict(DEFAULT_SPLIT_CSVS))
+
+    class StagedExampleWriter(writer_lib.ExampleWriter):
+        """Writes an array_record shard bound for a URL (gs://) to a local file first, then copies it there.
+
+        ArrayRecord's writer opens local files only (tensorflow/datasets#10981), so a Dataflow worker
+        could not write the shards of a gs:// `data_dir` otherwise. Other paths and formats: TFDS's writer.
+        """
+
+        def write(self, path, examples):
+            if not _is_url(path) or self.file_format != file_adapters.FileFormat.ARRAY_RECORD:
+                return super().write(path, examples)
+            with tempfile.TemporaryDirectory() as tmp:
+                local = os.path.join(tmp, "shard")
+                positions = super().write(local, examples)
+                with open(local, "rb") as src, epath.Path(os.fspath(path)).open("wb") as dst:
+                    shutil.copyfileobj(src, dst, 1 << 24)
+            return positions
+
+    class Webvid(tfds.core.GeneratorBasedBuilder):
+        """WebVid clips with captions, decoded from a WebVid download with PyAV, built with Apache Beam."""
+
+        VERSION = tfds.core.Version("1.0.0")
+        RELEASE_NOTES = {"1.0.0": "First release."}
+        MANUAL_DOWNLOAD_INSTRUCTIONS = (
+            "Put the WebVid results CSVs (videoid,contentUrl,duration,page_dir,name) and the mp4 files "
+            "(<page_dir>/<videoid>.mp4 or videos/<videoid>.mp4) in manual_dir.")
+        BUILDER_CONFIGS = [WebvidConfig(name=name, description=description, **fields)
+                           for name, (description, fields) in CONFIGS.items()]
+        DEFAULT_CONFIG_NAME = "256"
+        # TFDS 4.9.10 infers this via `importlib_resources`, which new `etils`
+        # no longer installs; naming the file directly sidesteps that import.
+        code_path = epath.Path(__file__)
+
+        def __init__(self, *, file_format=None, **kwargs):
+            # array_record gives the random access the input pipeline resumes by.
+            super().__init__(file_format=file_format or "array_record", **kwargs)
+
+        def download_and_prepare(self, *, download_config=None, **kwargs):
+            """TFDS's, on the `LOCAL_BEAM_FLAGS` runner when `download_config` names no Beam runner or options.
+
+            (Without them TFDS would warn and leave the choice to Beam's `DirectRunner`, see LOCAL_BEAM_FLAGS.)
+            """
+            config = download_config or tfds.download.DownloadConfig()
+            if config.beam_runner is None and config.beam_options is None:
+                config = dataclasses.replace(config, beam_options=beam_options(LOCAL_BEAM_FLAGS))
+            return super().download_and_prepare(download_config=config, **kwargs)
+
+        def _info(self):
+            cfg = self.builder_config
+            return self.dataset_info_from_configs(
+                features=tfds.features.FeaturesDict({
+                    "video": tfds.features.Video(shape=(cfg.num_frames, cfg.size, cfg.size, 3),
+                                                 encoding_format=cfg.encoding),
+                    "caption": tfds.features.Text(),
+                    "videoid": tfds.features.Text(),
+                }),
+                homepage="https://m-bain.github.io/webvid-dataset/",
+                metadata=tfds.core.MetadataDict(),
+            )
+
+        def _split_generators(self, dl_manager):
+            csvs = split_csvs(dl_manager.manual_dir, self.builder_config.split_csvs)
+            self._splits = list(csvs)
+            return {split: self._generate_examples(dl_manager.manual_dir, split, path)
+                    for split, path in csvs.items()}
+
+        def _generate_examples(self, manual_dir, split, csv_path):
+            cfg = self.builder_config
+            return build_split(split, manual_dir, csv_path, fps=cfg.fps, size=cfg.size, num_frames=cfg.num_frames,
+                               encoding=cfg.encoding, jpeg_quality=cfg.jpeg_quality)
+
+        def _process_pipeline_result(self, pipeline_result):
+            # TFDS calls this once the pipeline has run, before it writes the data set's info.
+            reports = reports_from_metrics(pipeline_result, self._splits)
+            for split, report in reports.items():
+                log.warning("webvid %s %s: %s", self.builder_config.name, split, json.dumps(report))
+            self.info.metadata["report"] = reports
+
+        def _example_writer(self):
+            return StagedExampleWriter(file_format=self.info.file_format)
+
+    return Webvid
+
+
+def builder(config: str = "256", *, data_dir: str | None = None, file_format: str | None = None, **overrides):
+    """A `webvid` builder instance; imports tensorflow_datasets.
+
+    `overrides` replace fields of the named config (size, fps, num_frames,
+    encoding, jpeg_quality, split_csvs); the name then records them.
+    `file_format`: "array_record" (default) or "tfrecord". Build with
+    `b.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=..., beam_options=...))`;
+    without Beam options it runs on `LOCAL_BEAM_FLAGS`.
+    """
+    return builder_class()(config=_config(config, overrides), data_dir=data_dir, file_format=file_format)
+
+
+def _config(config: str, overrides: dict):
+    import dataclasses
+
+    cls = builder_class()
+    base = {c.name: c for c in cls.BUILDER_CONFIGS}
+    if config not in base:
+        raise ValueError(f"unknown webvid config {config!r}; expected one of {sorted(base)}")
+    cfg = base[config]
+    fields = {f.name for f in dataclasses.fields(cfg)} - {"name"}
+    unknown = set(overrides) - fields
+    if unknown:
+        raise ValueError(f"unknown webvid config fields {sorted(unknown)}; allowed: {sorted(fields)}")
+    if overrides:
+        name = config + "".join(f"_{k}{v}" for k, v in sorted(overrides.items()) if k != "split_csvs")
+        if "split_csvs" in overrides:
+            name += "_csv" + "".join(sorted(f"{s}-{Path(p).stem}" for s, p in overrides["split_csvs"].items()))
+        cfg = dataclasses.replace(cfg, name=re.sub(r"[^A-Za-z0-9_.-]", "-", name), **overrides)
+    return cfg
+
+
+# --------------------------------------------------------------------------
+# Command line.
+# --------------------------------------------------------------------------
+
+PROGRAM = "artv_jax.data.webvid"
 
 
 def main(argv=None) -> None:
-    """`python -m artv_jax.data.webvid {build,merge} ...` (see the module docstring)."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=["build", "merge"])
-    parser.add_argument("--data_dir", required=True)
-    parser.add_argument("--manual_dir", help="the WebVid download (build only)")
-    parser.add_argument("--config", default="256")
-    parser.add_argument("--num_shards", type=int, default=1)
-    parser.add_argument("--shard_index", type=int, default=0)
-    args = parser.parse_args(argv)
+    """`python -m artv_jax.data.webvid build ...` (see the module docstring and docs/data.md)."""
+    parser = argparse.ArgumentParser(
+        prog=PROGRAM, description=__doc__.splitlines()[0], allow_abbrev=False,
+        epilog=f"Any other --flag is a Beam pipeline option (default: {' '.join(LOCAL_BEAM_FLAGS)}; "
+               "any --runner replaces them all).")
+    parser.add_argument("command", choices=["build"])
+    parser.add_argument("--manual_dir", required=True, help="the WebVid download: CSVs and mp4s (local or gs://)")
+    parser.add_argument("--data_dir", required=True, help="the TFDS data dir to write webvid/<config>/ in")
+    parser.add_argument("--config", default="256", choices=sorted(CONFIGS))
+    parser.add_argument("--file_format", default="array_record", choices=["array_record", "tfrecord"])
+    args, flags = parser.parse_known_args(argv)
+    stray = [f for f in flags if not f.startswith("--")]
+    if stray:
+        parser.error(f"unexpected arguments {stray}")
+    if not any(f.startswith("--runner") for f in flags):
+        flags = [*LOCAL_BEAM_FLAGS, *flags]
     logging.basicConfig(level=logging.WARNING)
+    from artv_jax import runs
     from artv_jax.data import webvid  # not `__main__`: TFDS names the builder after its module
 
-    if args.command == "merge":
-        webvid.merge_shards(args.data_dir, args.config, num_shards=args.num_shards)
-        return
-    if not args.manual_dir:
-        parser.error("build needs --manual_dir")
+    with runs.usage_errors(PROGRAM):  # bad input: one line, before the build starts
+        if not webvid._path(args.manual_dir).is_dir():
+            raise FileNotFoundError(f"--manual_dir {args.manual_dir} is not a directory (the WebVid CSVs and mp4s)")
+        webvid.split_csvs(args.manual_dir, DEFAULT_SPLIT_CSVS)
+        if importlib.util.find_spec("apache_beam") is None:
+            raise runs.UsageError("building webvid needs Apache Beam: pip install -e '.[beam]'")
+        options = webvid.beam_options(flags)
     import tensorflow_datasets as tfds
 
-    b = webvid.builder(args.config, data_dir=args.data_dir, shard_index=args.shard_index,
-                       num_shards=args.num_shards)
-    b.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=args.manual_dir))
+    b = webvid.builder(args.config, data_dir=args.data_dir, file_format=args.file_format)
+    b.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=args.manual_dir,
+                                                                        beam_options=options))
     print(json.dumps(b.info.metadata.get("report", {}), indent=2))
 
 

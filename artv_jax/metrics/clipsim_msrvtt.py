@@ -129,6 +129,8 @@ def main(argv):
     del argv
     from absl import flags
 
+    from artv_jax.tokenizers import WordTokenizer
+
     FLAGS = flags.FLAGS
     with runs.usage_errors(PROGRAM):
         if FLAGS.captions not in ("all", "first"):
@@ -139,6 +141,9 @@ def main(argv):
         if FLAGS.limit:
             captions = captions[:FLAGS.limit]
         comps, params, config = runs.load(FLAGS.workdir, FLAGS.step)  # the slow part comes after the cheap checks
+        if isinstance(comps.tokenize, WordTokenizer):  # it refuses words outside its vocabulary: before generating
+            for _, caption in captions:
+                comps.tokenize(caption)
     report = evaluate(comps, params, config, captions, FLAGS.clip, num_frames=FLAGS.num_frames, batch=FLAGS.batch,
                       seed=FLAGS.seed, steps=FLAGS.steps, guidance=FLAGS.guidance)
     report.update(workdir=os.path.abspath(FLAGS.workdir), step=FLAGS.step, annotations=os.path.abspath(annotations),
@@ -160,7 +165,4 @@ def _define_flags():
 
 
 if __name__ == "__main__":
-    from absl import app
-
-    _define_flags()
-    app.run(main)
+    runs.run(PROGRAM, main, _define_flags)

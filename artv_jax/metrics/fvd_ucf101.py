@@ -225,7 +225,4 @@ def _define_flags():
 
 
 if __name__ == "__main__":
-    from absl import app
-
-    _define_flags()
-    app.run(main)
+    runs.run(PROGRAM, main, _define_flags)

@@ -48,6 +48,20 @@ How a frame is read (distances are Euclidean in RGB, 0..255 units):
   least the circle/triangle midpoint (0.70) -> circle, else None.
 - No object: area 0 and colour, shape, box and centroid undefined (None in
   `read_frame`, NaN / -1 in the arrays).
+
+Two strict scores say whether a frame is a clean picture of the world and a
+video moves as the world does:
+
+- A clean frame: exactly one component of at least 4 pixels (at S = 32) that
+  are farther than `CLEAN_THRESHOLD` = 60 from the background (grain that
+  nearly passes for an object counts), background and object colour within
+  `CLEAN_PALETTE` = 40 of the palette in every channel, and area within
+  `CLEAN_AREA` = 25% of the caption's shape's area.
+- On track: the centroid stays within `TRACK_TOLERANCE` = 1.5 px of the
+  world's trajectory started at the object's own frame-0 position (its
+  centroid less the shape's centroid offset, rounded), over the first
+  `TRACK_FRAMES` = 16 frames. Text-to-video has no given start; this checks
+  its motion (direction, speed, bounces) against the world all the same.
 """
 
 from __future__ import annotations
@@ -71,6 +85,11 @@ WALL_TOLERANCE = 1            # px: a box edge this close to the canvas edge tou
 DIRECTION_MOVES = 4           # at most this many first moves decide the initial direction
 MIN_MOVE = 0.25               # px/frame: slower mean motion along the axis is "not moving"
 TRUE_SPEED = 1.0              # px/frame at every canvas size (shapes.VELOCITIES)
+CLEAN_THRESHOLD = 60.0        # clean frames: a component is pixels farther than this from the background
+CLEAN_PALETTE = 40.0          # clean frames: background and object colour within this of the palette, per channel
+CLEAN_AREA = 0.25             # clean frames: area within this fraction of the caption's shape area
+TRACK_TOLERANCE = 1.5         # px: the centroid's largest distance from the true track for a video to be on track
+TRACK_FRAMES = 16             # frames over which the own-start track is checked
 DRIFT_FRAMES = (16, 64, 256)  # 1-based frame numbers at which score_batch reports drift
 _CHUNK_PIXELS = 1 << 22       # frames are read in chunks of about this many pixels (bounded memory)
 
@@ -213,6 +232,15 @@ def _read_stack(px: np.ndarray, keep_masks: bool = False) -> dict[str, np.ndarra
     big = np.flatnonzero(sizes >= geo["min_pixels"])
     big = big[big > 0]
     num_objects = np.bincount(frame_of[big], minlength=n)
+    # Clean frames count components at a lower threshold, so grain that nearly passes for an object counts.
+    c_labels, c_num = ndimage.label(d2 > CLEAN_THRESHOLD ** 2, structure=_STRUCTURE)
+    c_flat = c_labels.ravel()
+    c_where = np.flatnonzero(c_flat)
+    c_big = np.bincount(c_flat[c_where], minlength=c_num + 1) >= geo["min_pixels"]
+    c_big[0] = False
+    c_frame = np.zeros(c_num + 1, np.int64)
+    c_frame[c_flat[c_where]] = c_where // (s * s)
+    clean_objects = np.bincount(c_frame[c_big], minlength=n)
     key = np.zeros(n, np.int64)  # largest component per frame: max of size * (num + 1) + label
     np.maximum.at(key, frame_of[big], sizes[big] * (num + 1) + big)
     main_label = np.where(key > 0, key % (num + 1), -1)
@@ -265,7 +293,7 @@ def _read_stack(px: np.ndarray, keep_masks: bool = False) -> dict[str, np.ndarra
 
     out = {
         "background_rgb": bg_rgb, "background_index": bg_d.argmin(1), "background_distance": bg_d.min(1),
-        "num_objects": num_objects, "area": area, "bbox": bbox, "fill": fill, "balance": balance,
+        "num_objects": num_objects, "clean_objects": clean_objects, "area": area, "bbox": bbox, "fill": fill, "balance": balance,
         "centroid": np.stack([cx, cy], 1), "colour_rgb": colour_rgb, "colour_index": colour_index,
         "colour_distance": np.where(has, col_d.min(1), np.nan),
         "shape_index": shape_index,
@@ -456,6 +484,28 @@ def _expected(attributes_list, size: int, num_frames: int) -> dict[str, np.ndarr
     }
 
 
+def _own_track_error(r: dict[str, np.ndarray], e: dict[str, np.ndarray], size: int) -> np.ndarray:
+    """(N, T) centroid distance from the true track started at the object's own frame-0 position; NaN where
+    a frame (or frame 0) has no object.
+
+    The start corner is frame 0's centroid minus the caption's shape's centroid offset, rounded and kept on
+    the canvas; from there the world's motion rule (`shapes.trajectory`) with the caption's direction gives
+    the track. Text-to-video has no given start, so this is how its motion is checked against the world.
+    """
+    n, t = r["centroid"].shape[:2]
+    geo = geometry(size)
+    out = np.full((n, t), np.nan)
+    for i in range(n):
+        c0 = r["centroid"][i, 0]
+        if np.isnan(c0).any():
+            continue
+        offset = geo["centre"][e["shape"][i]]
+        x, y = np.clip(np.round(c0 - offset), 0, size - geo["b"]).astype(int)
+        corner = shapes.trajectory(int(x), int(y), shapes.DIRECTIONS[e["direction"][i]], size, t)
+        out[i] = np.linalg.norm(r["centroid"][i] - (corner + offset), axis=-1)
+    return out
+
+
 def _score(videos, attributes_list, value_range) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Per-video scores (N,) and per-frame curves (N, T) for a stack of videos and their attributes."""
     videos = np.asarray(videos)
@@ -483,6 +533,14 @@ def _score(videos, attributes_list, value_range) -> tuple[dict[str, np.ndarray],
     }
     curves["frame_ok"] = curves["background_ok"] & curves["colour_ok"] & curves["shape_ok"] & curves["one_object"]
     curves["area_error"] = np.abs(curves["area_ratio"] - 1.0)
+    # A clean frame is a picture of the world, whatever the caption: one component (at the lower threshold),
+    # background and object within CLEAN_PALETTE of the palette in every channel, the caption's shape's area.
+    bg_off = np.abs(r["background_rgb"] - _BG_RGB[r["background_index"]]).max(-1)
+    colour_off = np.abs(r["colour_rgb"] - _COLOUR_RGB[np.maximum(r["colour_index"], 0)]).max(-1)
+    curves["clean"] = ((r["clean_objects"] == 1) & has & (bg_off <= CLEAN_PALETTE)
+                       & (np.nan_to_num(colour_off, nan=np.inf) <= CLEAN_PALETTE)
+                       & (curves["area_error"] <= CLEAN_AREA))
+    curves["track_error"] = _own_track_error(r, e, size)
 
     read = {"background": _mode(r["background_index"], len(_BG_NAMES)),
             "colour": _mode(r["colour_index"], len(_COLOUR_NAMES)),
@@ -505,6 +563,9 @@ def _score(videos, attributes_list, value_range) -> tuple[dict[str, np.ndarray],
         "area_error": curves["area_error"].mean(1),
         "colour_distance": curves["colour_distance"].mean(1),
         "position_error": position,
+        "clean_fraction": curves["clean"].mean(1),
+        "on_track": (~np.isnan(curves["track_error"][:, :TRACK_FRAMES]).any(1))
+                    & (np.nan_to_num(curves["track_error"][:, :TRACK_FRAMES], nan=np.inf).max(1) <= TRACK_TOLERANCE),
         "read_background": read["background"], "read_colour": read["colour"], "read_shape": read["shape"],
         "read_direction": m["direction_index"], "read_direction_alternative": m["alternative_index"],
     }
@@ -523,6 +584,8 @@ def score_video(frames, attributes, value_range: tuple[float, float] | None = No
     (a vanished object counts as the background colour), `position_error` = mean
     centroid distance to the exact trajectory when the attributes carry the start
     `x`, `y` (frames without an object count as S px off; NaN without x, y).
+    `clean_fraction`: fraction of clean frames; `on_track`: the video stays on the
+    track started at its own frame-0 position (both in the module docstring).
     `curves` holds the per-frame arrays of `drift_curve`.
     """
     a = np.asarray(frames)
@@ -549,10 +612,11 @@ def score_video(frames, attributes, value_range: tuple[float, float] | None = No
 def drift_curve(frames, attributes, value_range: tuple[float, float] | None = None) -> dict[str, np.ndarray]:
     """Per-frame arrays (T,) of one video against its caption, for plots against the frame index.
 
-    Booleans `frame_ok`, `background_ok`, `colour_ok`, `shape_ok`, `one_object`;
+    Booleans `clean`, `frame_ok`, `background_ok`, `colour_ok`, `shape_ok`, `one_object`;
     floats `area_ratio` (area / exact area of the caption's shape), `area_error`,
     `colour_distance`, `background_distance`, `position_error` (NaN without x, y)
-    and `speed` (step from the previous frame; NaN at t = 0).
+    `speed` (step from the previous frame; NaN at t = 0) and `track_error` (distance from the track started
+    at the object's own frame-0 position; NaN without an object).
     """
     return score_video(frames, attributes, value_range)["curves"]
 
@@ -565,16 +629,19 @@ def score_batch(videos, attributes_list, value_range: tuple[float, float] | None
     `direction_accuracy`, `all_accuracy` (fraction of videos with each `*_ok`),
     `speed`, `speed_error`, `one_object_fraction`, `frame_accuracy`, `area_error`,
     `colour_distance`, `position_error` (over videos with x, y; NaN if none),
+    `clean_fraction` (clean frames, over all frames), `track_accuracy` (videos on track),
     and for each 1-based frame number f in `drift_frames` with f <= T:
-    `frame_accuracy@f`, `colour_distance@f`, `area_error@f` (means over videos at
+    `frame_accuracy@f`, `colour_distance@f`, `area_error@f`, `clean@f` (means over videos at
     that frame). With `curves=True`, `curves` holds the per-frame means (T,).
     """
     scores, per_frame = _score(videos, list(attributes_list), value_range)
     out: dict[str, Any] = {"num_videos": int(len(scores["speed"]))}
     for k in ("background", "colour", "shape", "direction", "all"):
         out[f"{k}_accuracy"] = float(scores[f"{k}_ok"].mean())
-    for k in ("speed", "speed_error", "one_object_fraction", "frame_accuracy", "area_error", "colour_distance"):
+    for k in ("speed", "speed_error", "one_object_fraction", "frame_accuracy", "area_error", "colour_distance",
+              "clean_fraction"):
         out[k] = float(scores[k].mean())
+    out["track_accuracy"] = float(scores["on_track"].mean())
     pos = scores["position_error"]
     out["position_error"] = float(np.nanmean(pos)) if (~np.isnan(pos)).any() else float("nan")
     t = per_frame["frame_ok"].shape[1]
@@ -583,6 +650,7 @@ def score_batch(videos, attributes_list, value_range: tuple[float, float] | None
             out[f"frame_accuracy@{f}"] = float(per_frame["frame_ok"][:, f - 1].mean())
             out[f"colour_distance@{f}"] = float(per_frame["colour_distance"][:, f - 1].mean())
             out[f"area_error@{f}"] = float(per_frame["area_error"][:, f - 1].mean())
+            out[f"clean@{f}"] = float(per_frame["clean"][:, f - 1].mean())
     if curves:
         with warnings.catch_warnings():  # all-NaN columns (speed at t = 0, position without x, y) stay NaN
             warnings.simplefilter("ignore", RuntimeWarning)
