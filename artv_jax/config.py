@@ -73,6 +73,7 @@ def defaults() -> ConfigDict:
         foreground_weight=0.0,  # shapes world: cells off the background colour count 1 + w more
         t_logit_normal=(),  # (): uniform timesteps; (loc, scale): logit-normal
         start_t_logit_normal=(),  # (loc, scale): a clip's first steps draw their own timesteps
+        loss_space="output",  # "output": MSE of what the network predicts; "v": its error counted in v
     ))
 
     c.train = ConfigDict(dict(
@@ -179,6 +180,7 @@ def _check_values(c: ConfigDict) -> None:
     for key in ("t_logit_normal", "start_t_logit_normal"):
         v = c.objective[key]
         require(len(v) == 0 or (len(v) == 2 and v[1] > 0), f"objective.{key}", "must be () or (loc, scale > 0)")
+    require(c.objective.loss_space in ("output", "v"), "objective.loss_space", "must be 'output' or 'v'")
     for key in ("p_text", "p_ref"):
         require(0.0 <= c.objective[key] <= 1.0, f"objective.{key}", "must be in [0, 1]")
     for key in ("s_max", "unmasked_weight", "change_weight", "foreground_weight"):

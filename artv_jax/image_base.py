@@ -34,6 +34,7 @@ from artv_jax.data import pipeline
 from artv_jax.diffusion import masked, weighting
 from artv_jax.models.unet import UNet2DConditionModel
 from artv_jax.pixels import to_model_range, to_uint8
+from artv_jax.train_step import make_optimizer
 
 log = logging.getLogger("artv_jax.image_base")
 
@@ -71,11 +72,7 @@ def train(config, out: str, *, progress: bool = True) -> dict:
     unet_params = unet_params["params"]
 
     # --- Optimiser: AdamW, warm-up then cosine, clipping (train's settings), EMA of the weights.
-    lr = optax.warmup_cosine_decay_schedule(0.0, b.learning_rate, b.warmup_steps,
-                                            max(b.num_steps, b.warmup_steps + 1),
-                                            b.learning_rate * config.train.final_lr_fraction)
-    tx = optax.chain(optax.clip_by_global_norm(config.train.grad_clip),
-                     optax.adamw(lr, b1=0.9, b2=config.train.adam_b2, weight_decay=config.train.weight_decay))
+    tx = make_optimizer(config, "image_base")
     empty = text_encoder.apply({"params": text_params}, jnp.asarray(tokenize(""))[None])[0]
 
     def loss_fn(params, frames, tokens, key):
@@ -87,7 +84,11 @@ def train(config, out: str, *, progress: bool = True) -> dict:
         t = weighting.training_timesteps(k_t, x0.shape[0], schedule.num_train_timesteps, b.t_logit_normal)
         noise = jax.random.normal(k_noise, x0.shape, jnp.float32)
         pred = unet.apply({"params": params}, schedule.add_noise(x0, noise, t), t, text)
-        return jnp.mean((pred.astype(jnp.float32) - schedule.training_target(x0, noise, t)) ** 2)
+        per_example = jnp.mean((pred.astype(jnp.float32) - schedule.training_target(x0, noise, t)) ** 2,
+                               axis=(1, 2, 3))
+        if config.objective.loss_space == "v":  # as ART·V's loss (train_step.loss_fn)
+            per_example = schedule.v_loss_weight(t) * per_example
+        return jnp.mean(per_example)
 
     @jax.jit
     def step(params, opt_state, ema, frames, tokens, i):

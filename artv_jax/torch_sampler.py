@@ -195,10 +195,12 @@ class TorchSampler:
         return torch.sqrt(a), torch.sqrt(1.0 - a)
 
     def reference_output(self, x_t: torch.Tensor, x_ref: torch.Tensor, t: int) -> torch.Tensor:
-        """The network output (ε or v) that implies x0 = x_ref at x_t (`masked.reference_output`)."""
+        """The network output (ε, v or x0) that implies x0 = x_ref at x_t (`masked.reference_output`)."""
         sa, sb = self._coefs(t)
         if self.prediction_type == "epsilon":
             return (x_t - sa * x_ref) / sb
+        if self.prediction_type == "sample":
+            return x_ref
         return (sa * x_t - x_ref) / sb
 
     def ddim_step(self, out: torch.Tensor, t: int, t_prev: int, x: torch.Tensor, eta: float,
@@ -210,6 +212,8 @@ class TorchSampler:
             self.final_alpha_cumprod, device=self.device)
         if self.prediction_type == "epsilon":
             x0, eps = (x - sb * out) / sa, out
+        elif self.prediction_type == "sample":
+            x0, eps = out, (x - sa * out) / sb
         else:
             x0, eps = sa * x - sb * out, sb * x + sa * out
         if self.scheduler.config.clip_sample:

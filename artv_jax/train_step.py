@@ -63,12 +63,16 @@ def merge_params(trainable: dict, frozen: dict) -> dict:
     return traverse_util.unflatten_dict(flat, sep="/")
 
 
-def make_optimizer(config) -> optax.GradientTransformation:
-    """AdamW with linear warm-up then cosine decay, and global-norm gradient clipping."""
-    t = config.train
+def make_optimizer(config, stage: str = "train") -> optax.GradientTransformation:
+    """AdamW with linear warm-up then cosine decay, and global-norm gradient clipping.
+
+    The peak learning rate, warm-up and length are those of `config[stage]` ("train", or "image_base" for
+    stage 1); the final fraction, clipping, β2 and weight decay are `config.train`'s for both stages.
+    """
+    t, s = config.train, config[stage]
     schedule = optax.warmup_cosine_decay_schedule(
-        init_value=0.0, peak_value=t.learning_rate, warmup_steps=t.warmup_steps,
-        decay_steps=max(t.num_steps, t.warmup_steps + 1), end_value=t.learning_rate * t.final_lr_fraction)
+        init_value=0.0, peak_value=s.learning_rate, warmup_steps=s.warmup_steps,
+        decay_steps=max(s.num_steps, s.warmup_steps + 1), end_value=s.learning_rate * t.final_lr_fraction)
     return optax.chain(
         optax.clip_by_global_norm(t.grad_clip),
         optax.adamw(schedule, b1=0.9, b2=t.adam_b2, weight_decay=t.weight_decay),
@@ -126,9 +130,11 @@ def loss_fn(components: Components, config, params: dict, batch: dict, key: jax.
         mask = jnp.ones_like(mask)
     mask = masked.apply_ref_drop(mask, drop_ref)
 
-    # Loss: MSE of the blended output against the schedule's target (ε or v).
+    # Loss: MSE of the blended output against the schedule's target (ε, v or x0), or its error counted in v.
     target = schedule.training_target(x0, noise, t)
-    loss, metrics = masked.masked_loss(schedule, pred, mask, x_t, t, x_ref, target, pixel_weight=w.pixel_weight)
+    t_weight = schedule.v_loss_weight(t) if obj.loss_space == "v" else None
+    loss, metrics = masked.masked_loss(schedule, pred, mask, x_t, t, x_ref, target, weight=t_weight,
+                                       pixel_weight=w.pixel_weight)
     if obj.unmasked_weight:
         # A scratch model has no pretrained image prior: once the mask copies the static background (m -> 0)
         # the masked loss stops training the UNet there. The plain loss on p_θ keeps it a denoiser everywhere,

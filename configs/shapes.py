@@ -33,8 +33,10 @@ def get_config(variant: str = ""):
     c.model.text.update(hidden_size=64, num_layers=2, num_heads=4, max_length=12)
     c.model.artv.update(adapter_num_res_blocks=1, mask_init_bias=4.0)
 
-    # v-prediction: with epsilon the scratch model's DDIM samples drift into noise (unbounded x0 at high noise).
-    c.schedule.prediction_type = "v_prediction"
+    # x0-prediction trained on the v loss (Li and He 2025): a small net draws flat colours as x0 far more cleanly
+    # than it cancels the noise in x_t, which is what predicting v or ε asks of it (docs/experiments.md).
+    c.schedule.prediction_type = "sample"
+    c.objective.loss_space = "v"
 
     c.objective.update(
         s_max=0.1, p_ref=0.3,  # text-only frames (frame 0 of text-to-video) trained more

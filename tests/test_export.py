@@ -271,6 +271,21 @@ def test_torch_sampler_matches_ours(exported, mode):
     assert diffs["uint8_frames"] <= 1
 
 
+def test_torch_sampler_matches_ours_with_x0_prediction(exported, tmp_path):
+    """The same weights read as an x0-predicting model ("sample"): both samplers convert it alike."""
+    copy = tmp_path / "x0"
+    shutil.copytree(exported, copy)
+    for name in ("scheduler/scheduler_config.json", "artv_config.json"):
+        cfg = json.loads((copy / name).read_text())
+        cfg["prediction_type"] = "sample"
+        (copy / name).write_text(json.dumps(cfg))
+    comps, params = export.import_diffusers(str(copy))
+    assert comps.schedule.prediction_type == "sample"
+    diffs = compare_samplers(comps, params, copy, "image_to_video", SHAPES_PROMPTS[:2])
+    assert diffs["latents"] < 1e-4 * max(1.0, diffs["latents_scale"])
+    assert diffs["uint8_frames"] <= 1
+
+
 @pytest.mark.parametrize("mode", list(CASES))
 def test_torch_sampler_matches_ours_on_sd(sd_exported, mode):
     comps, params, _, out = sd_exported

@@ -12,7 +12,7 @@ from artv_jax.diffusion.schedule import NoiseSchedule
 
 SD = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012, "num_train_timesteps": 1000,
       "steps_offset": 1, "set_alpha_to_one": False, "clip_sample": False}
-PREDICTION_TYPES = ["epsilon", "v_prediction"]
+PREDICTION_TYPES = ["epsilon", "v_prediction", "sample"]
 TOL = {"rtol": 1e-5, "atol": 1e-5}
 T = np.array([0, 1, 300, 700, 998, 999])  # both ends of the schedule
 
@@ -105,11 +105,14 @@ def _numpy_loss(alphas_cumprod, prediction_type, pred, mask, x_t, t, x_ref, targ
     pred, mask, x_t, x_ref, target = (np.asarray(v, np.float64) for v in (pred, mask, x_t, x_ref, target))
     if prediction_type == "epsilon":
         x0_theta = (x_t - np.sqrt(1 - a) * pred) / np.sqrt(a)
+    elif prediction_type == "sample":
+        x0_theta = pred
     else:
         x0_theta = np.sqrt(a) * x_t - np.sqrt(1 - a) * pred
     x0_hat = mask * x0_theta + (1 - mask) * x_ref
     eps_hat = (x_t - np.sqrt(a) * x0_hat) / np.sqrt(1 - a)
-    out = eps_hat if prediction_type == "epsilon" else np.sqrt(a) * eps_hat - np.sqrt(1 - a) * x0_hat
+    out = {"epsilon": eps_hat, "sample": x0_hat,
+           "v_prediction": np.sqrt(a) * eps_hat - np.sqrt(1 - a) * x0_hat}[prediction_type]
     per = (pixel_weight * (out - target) ** 2).mean(axis=(1, 2, 3))
     raw = (pixel_weight * (pred - target) ** 2).mean(axis=(1, 2, 3))
     return (weight * per).mean(), (weight * raw).mean()

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from artv_jax.diffusion.schedule import NoiseSchedule
+from artv_jax.diffusion.schedule import V_LOSS_WEIGHT_CAP, NoiseSchedule
 
 diffusers = pytest.importorskip("diffusers")
 torch = pytest.importorskip("torch")
@@ -67,7 +67,7 @@ def test_from_config_real_sd_configs():
 
 @pytest.mark.parametrize("key,value,match", [
     ("beta_schedule", "squaredcos_cap_v2", "beta_schedule='squaredcos_cap_v2'"),
-    ("prediction_type", "sample", "prediction_type='sample'"),
+    ("prediction_type", "flow", "prediction_type='flow'"),
     ("timestep_spacing", "karras", "timestep_spacing='karras'"),
     ("thresholding", True, "thresholding=True"),
     ("rescale_betas_zero_snr", True, "rescale_betas_zero_snr=True"),
@@ -103,7 +103,7 @@ def test_add_noise_and_velocity_match_ddpm(beta_schedule):
         ref.get_velocity(torch.from_numpy(x0), torch.from_numpy(noise), torch.from_numpy(t)).numpy(), **TOL)
 
 
-@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
 def test_conversions_roundtrip(prediction_type):
     s = NoiseSchedule.from_config({**SD1, "prediction_type": prediction_type})
     x0, eps = _rng_latents(2), _rng_latents(3)
@@ -116,12 +116,31 @@ def test_conversions_roundtrip(prediction_type):
     np.testing.assert_allclose(s.eps_from_v(x_t, v, t), eps, **TOL)
     np.testing.assert_allclose(s.v_from_x0(x_t, x0, t), v, **TOL)
     np.testing.assert_array_equal(s.v_from_x0_eps(x0, eps, t), v)
-    out = eps if prediction_type == "epsilon" else v
+    out = {"epsilon": eps, "v_prediction": v, "sample": x0}[prediction_type]
     np.testing.assert_array_equal(s.training_target(x0, eps, t), out)
     x0_hat, eps_hat = s.to_x0_eps(out, x_t, t)
     np.testing.assert_allclose(x0_hat, x0, **TOL)
     np.testing.assert_allclose(eps_hat, eps, **TOL)
     np.testing.assert_allclose(s.output_from_x0(x_t, x0, t), out, **TOL)
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
+def test_v_loss_weight_counts_an_output_error_as_in_v(prediction_type):
+    """w_t · (output error)² = (v error)² for any error of the output, where w_t is below the cap."""
+    s = NoiseSchedule.from_config({**SD1, "prediction_type": prediction_type})
+    x0, eps, err = _rng_latents(2), _rng_latents(3), 0.1 * _rng_latents(4)
+    t = jnp.array([40, 250, 750, 990])
+    x_t = s.add_noise(x0, eps, t)
+    out = s.training_target(x0, eps, t)
+    v_of = lambda o: s.v_from_x0(x_t, s.to_x0_eps(o, x_t, t)[0], t)
+    v_err = np.sum((np.asarray(v_of(out + err)) - np.asarray(v_of(out))) ** 2, axis=(1, 2, 3))
+    w = np.asarray(s.v_loss_weight(t))
+    assert np.all(w < V_LOSS_WEIGHT_CAP)
+    np.testing.assert_allclose(w * np.sum(np.asarray(err) ** 2, axis=(1, 2, 3)), v_err, rtol=2e-3)
+    # capped where the conversion blows up: x0 at t = 0 (1 / (1 − ᾱ_0) = 1176 here); v is never weighted
+    a0 = float(s.alphas_cumprod[0])
+    expected = {"sample": V_LOSS_WEIGHT_CAP, "epsilon": 1.0 / a0, "v_prediction": 1.0}[prediction_type]
+    assert float(s.v_loss_weight(jnp.array([0]))[0]) == pytest.approx(expected, rel=1e-6)
 
 
 def test_alpha_bar_levels_and_ranges():
@@ -176,6 +195,8 @@ DDIM_CASES = [
     ("v_prediction", 0.0, True, "leading", False),
     ("v_prediction", 0.5, False, "leading", False),
     ("v_prediction", 1.0, True, "linspace", True),
+    ("sample", 0.0, False, "leading", False),
+    ("sample", 0.6, True, "trailing", True),
 ]
 
 

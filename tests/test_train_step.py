@@ -85,3 +85,48 @@ def test_start_t_logit_normal_without_frame_index_names_the_missing_keys():
     bare = {k: v for k, v in batch.items() if k not in ("frame_index", "stride")}
     with pytest.raises(ValueError, match=r"\['frame_index', 'stride'\]"):
         ts.loss_fn(comps, config, params, bare, jax.random.PRNGKey(0))
+
+
+def test_loss_space_v_counts_an_x0_prediction_error_as_in_v():
+    """x0-prediction trained on the v loss: the per-example loss is the MSE of x0 weighted by
+    `schedule.v_loss_weight`, i.e. the MSE of the v that the predicted x0 implies; loss_space 'output' is plain."""
+    key = jax.random.PRNGKey(5)
+    config, comps, params, batch = _setup(unmasked_weight=0.0, change_weight=0.0, foreground_weight=0.0,
+                                          t_logit_normal=(-0.85, 1.2))
+    config.schedule.prediction_type = "sample"
+    comps, _ = components_lib.build(config)
+    captured = {}
+    real = ts.masked.masked_loss
+
+    def spy(schedule, pred, mask, x_t, t, x_ref, target, weight=None, pixel_weight=None):
+        captured.update(pred=pred, mask=mask, x_t=x_t, t=t, x_ref=x_ref, target=target, weight=weight)
+        return real(schedule, pred, mask, x_t, t, x_ref, target, weight, pixel_weight)
+
+    ts.masked.masked_loss = spy
+    try:
+        plain, _ = ts.loss_fn(comps, config, params, batch, key)
+        assert captured["weight"] is None
+        config.objective.loss_space = "v"
+        in_v, _ = ts.loss_fn(comps, config, params, batch, key)
+    finally:
+        ts.masked.masked_loss = real
+    s, c = comps.schedule, captured
+    x0_hat = ts.masked.blend_x0(s, c["pred"], c["mask"], c["x_t"], c["t"], c["x_ref"])
+    v_hat, v = s.v_from_x0(c["x_t"], x0_hat, c["t"]), s.v_from_x0(c["x_t"], c["target"], c["t"])
+    assert float(jnp.max(s.v_loss_weight(c["t"]))) < 400.0  # no cap in play: the identity is exact
+    np.testing.assert_allclose(float(in_v), float(jnp.mean((v_hat - v) ** 2)), rtol=1e-4)
+    assert float(in_v) > float(plain)  # every weight 1 / (1 − ᾱ_t) is > 1
+
+
+def test_make_optimizer_takes_rate_warmup_and_length_from_its_stage():
+    config = tiny_config(num_steps=10, checkpoint_every=10)
+    config.image_base.update(num_steps=40, learning_rate=0.5, warmup_steps=4)
+    params = {"w": jnp.zeros(())}
+    for stage, peak_at, peak in (("train", config.train.warmup_steps, config.train.learning_rate),
+                                 ("image_base", 4, 0.5)):
+        tx = ts.make_optimizer(config, stage)
+        state = tx.init(params)
+        for _ in range(peak_at):  # AdamW's first update is lr · sign(g) with g = 1
+            _, state = tx.update({"w": jnp.ones(())}, state, params)
+        updates, _ = tx.update({"w": jnp.ones(())}, state, params)
+        np.testing.assert_allclose(-float(updates["w"]), peak, rtol=1e-3)

@@ -2,13 +2,15 @@
 
     schedule = NoiseSchedule.from_config(sd.scheduler_config)   # a diffusers scheduler_config.json dict
     x_t = schedule.add_noise(x0, noise, t)                       # t: (B,) int timesteps, x0: (B, H, W, C)
-    x0_hat, eps_hat = schedule.to_x0_eps(model_output, x_t, t)   # epsilon or v, per `prediction_type`
+    x0_hat, eps_hat = schedule.to_x0_eps(model_output, x_t, t)   # ε, v or x0, per `prediction_type`
     x_prev = schedule.ddim_step(model_output, t, t_prev, x_t, eta, noise)
 
 Notation (as in DDPM/DDIM): betas β_t for t = 0 … T-1, ᾱ_t = ∏_{s≤t} (1 − β_s),
 and the forward process x_t = √ᾱ_t · x0 + √(1 − ᾱ_t) · ε. The velocity of
 "Progressive distillation" (SD 2.x's v-prediction) is v = √ᾱ_t · ε − √(1 − ᾱ_t) · x0.
-Given x_t, any one of (x0, ε, v) determines the other two (all maps are affine).
+Given x_t, any one of (x0, ε, v) determines the other two (all maps are affine), so
+a network may predict any of them: ε ("epsilon"), v ("v_prediction") or x0
+itself ("sample", diffusers' name).
 
 The tables are computed in float64 NumPy (as the original LDM code did) and
 used as float32 constants; all math returns float32. `NoiseSchedule` is a frozen,
@@ -28,8 +30,11 @@ import jax.numpy as jnp
 import numpy as np
 
 BETA_SCHEDULES = ("linear", "scaled_linear")
-PREDICTION_TYPES = ("epsilon", "v_prediction")
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
+# `v_loss_weight`'s cap: an x0 error counts at most as at √(1 − ᾱ) = 0.05, the noise floor of Li and He's
+# x0-prediction with a v loss (their t ≤ 0.95 clip).
+V_LOSS_WEIGHT_CAP = 400.0
 
 # Keys of diffusers scheduler configs that only affect *their* samplers (which
 # we replace by DDIM), or only matter when a key we reject is switched on.
@@ -57,7 +62,7 @@ class NoiseSchedule:
       num_train_timesteps: T; timesteps are the integers 0 … T-1.
       beta_start, beta_end: β_0 and β_{T-1}.
       beta_schedule: "linear" (β linear in t) or "scaled_linear" (√β linear in t; SD's).
-      prediction_type: what the network predicts: "epsilon" or "v_prediction".
+      prediction_type: what the network predicts: "epsilon", "v_prediction" or "sample" (x0).
       trained_betas: explicit β_t (length T), overriding the three fields above.
       steps_offset: added to the DDIM timesteps with "leading" spacing (SD: 1).
       set_alpha_to_one: ᾱ after the last DDIM step: 1 if True, else ᾱ_0 (SD: False).
@@ -235,22 +240,48 @@ class NoiseSchedule:
         return (sa * x_t - x0) / sb
 
     def to_x0_eps(self, model_output, x_t, t) -> tuple[jax.Array, jax.Array]:
-        """(x0, ε) implied by the network output (ε or v, per `prediction_type`) at x_t."""
+        """(x0, ε) implied by the network output (ε, v or x0, per `prediction_type`) at x_t."""
         if self.prediction_type == "epsilon":
             return self.x0_from_eps(x_t, model_output, t), _f32(model_output)
+        if self.prediction_type == "sample":
+            return _f32(model_output), self.eps_from_x0(x_t, model_output, t)
         return self.x0_from_v(x_t, model_output, t), self.eps_from_v(x_t, model_output, t)
 
     def output_from_x0(self, x_t, x0, t) -> jax.Array:
-        """The network output (ε or v, per `prediction_type`) that implies x0 at x_t."""
+        """The network output (ε, v or x0, per `prediction_type`) that implies x0 at x_t."""
         if self.prediction_type == "epsilon":
             return self.eps_from_x0(x_t, x0, t)
+        if self.prediction_type == "sample":
+            return _f32(x0)
         return self.v_from_x0(x_t, x0, t)
 
     def training_target(self, x0, noise, t) -> jax.Array:
-        """What the network regresses at x_t = add_noise(x0, noise, t): ε, or v = get_velocity(x0, ε, t)."""
+        """What the network regresses at x_t = add_noise(x0, noise, t): ε, v = get_velocity(x0, ε, t), or x0."""
         if self.prediction_type == "epsilon":
             return _f32(noise)
+        if self.prediction_type == "sample":
+            return _f32(x0)
         return self.get_velocity(x0, noise, t)
+
+    def v_loss_weight(self, t) -> jax.Array:
+        """w_t such that w_t · (output error)² = (v error)², for the error of one output at x_t.
+
+        Every output is affine in x0 at a given x_t, so its error maps to v's
+        by a factor: v = (√ᾱ_t · x_t − x0) / √(1 − ᾱ_t) makes an x0 error count
+        1 / (1 − ᾱ_t) in v, an ε error 1 / ᾱ_t, a v error 1. Weighting an x0 or ε
+        loss by it trains on the v loss while the network predicts x0 or ε
+        ("Back to basics: let denoising generative models denoise", Li and He
+        2025: predict x0, train on v). It is capped at V_LOSS_WEIGHT_CAP, where
+        the conversion blows up (x0 at t → 0, ε at t → T).
+        """
+        a = self.alpha_bar(t)
+        if self.prediction_type == "sample":
+            w = 1.0 / (1.0 - a)
+        elif self.prediction_type == "epsilon":
+            w = 1.0 / a
+        else:
+            w = jnp.ones_like(a)
+        return jnp.minimum(w, V_LOSS_WEIGHT_CAP)
 
     # ------------------------------------------------------------------ DDIM
 
@@ -294,7 +325,7 @@ class NoiseSchedule:
             x_{t_prev} = √a' · x̂0 + √(1 − a' − σ²) · ε̂ + σ · z
 
         Args:
-          model_output: the network output (ε or v, per `prediction_type`), like x_t.
+          model_output: the network output (ε, v or x0, per `prediction_type`), like x_t.
           t, t_prev: int timesteps, scalars or (B,) arrays (may be traced); t_prev < 0 means "to x0".
           x_t: (B, ...) the current sample.
           eta: η (scalar or (B,)); 0 is deterministic DDIM.
