@@ -58,7 +58,8 @@ def test_the_base_reads_back_bit_for_bit(base, tmp_path):
     out, config, _ = base
     b = components_lib.load_base(out)
     assert b.unet.config.out_channels == b.unet.config.in_channels == 12  # 2x2 patches of RGB, no mask
-    assert b.autoencoder == components_lib.PixelSpace(2) and b.schedule.prediction_type == config.schedule.prediction_type
+    assert b.autoencoder == components_lib.PixelSpace(2)
+    assert b.schedule.prediction_type == config.schedule.prediction_type
     assert b.tokenize("a red square moving right on a black background").tolist() == \
         components_lib.scratch_text_encoder(config)[0]("a red square moving right on a black background").tolist()
     # Written again from what was read, the weights are the same bytes.
