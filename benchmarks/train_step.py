@@ -56,6 +56,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from artv_jax import components as components_lib
 from artv_jax import export
 from artv_jax import train_step as ts
+from artv_jax.diffusion.schedule import V_LOSS_WEIGHT_CAP
 from configs import shapes as shapes_config
 from configs import webvid as webvid_config
 from unet_vs_diffusers import SMALL_SD, best_time, torch_matmul_like_jax
@@ -170,6 +171,9 @@ def random_batch(config, comps, batch: int, seed: int = 0) -> dict:
         "refs": rng.integers(0, 256, (batch, r, s, s, 3), dtype=np.uint8),
         "anchor": rng.integers(0, 256, (batch, s, s, 3), dtype=np.uint8),
         "tokens": rng.integers(0, vocab, (batch, length)).astype(np.int32),
+        # the tuple pipeline's position keys (objective.start_t_logit_normal reads them): a quarter first steps
+        "frame_index": np.where(np.arange(batch) % 4 == 0, 1, rng.integers(2, 16, batch)).astype(np.int32),
+        "stride": np.ones(batch, np.int32),
     }
 
 
@@ -233,7 +237,10 @@ def make_torch_step(config, comps, modules, batch_np, device: str = "cpu"):
     num_t = schedule.num_train_timesteps
     alphas = torch.from_numpy(np.array(schedule.alphas_cumprod, np.float32)).to(device)
     table = torch.cat([torch.ones(1, device=device), alphas])
-    v_pred = schedule.prediction_type == "v_prediction"
+    prediction = schedule.prediction_type
+    if config.objective.loss_space == "v" and prediction == "epsilon":
+        raise NotImplementedError("the PyTorch step weights only an x0 loss as v's (objective.loss_space)")
+    v_loss_of_x0 = config.objective.loss_space == "v" and prediction == "sample"
     empty_tokens = torch.from_numpy(np.asarray(comps.tokenize(""), np.int64))[None].to(device)
     batch = {k: torch.from_numpy(v).to(device) for k, v in batch_np.items()}
     tokens = batch["tokens"].long()
@@ -276,11 +283,14 @@ def make_torch_step(config, comps, modules, batch_np, device: str = "cpu"):
         out = unet(x_t, t, text, down_intrablock_additional_residuals=features).sample
         pred, logits = out[:, :-1], out[:, -1:]
         mask = torch.where(drop_ref.view(b, 1, 1, 1), torch.ones_like(logits), torch.sigmoid(logits))
-        if v_pred:
+        if prediction == "v_prediction":
             ref_out, target = (sa * x_t - x_ref) / sb, sa * noise - sb * x0
+        elif prediction == "sample":
+            ref_out, target = x_ref, x0
         else:
             ref_out, target = (x_t - sa * x_ref) / sb, noise
-        loss = ((mask * pred + (1 - mask) * ref_out - target) ** 2).mean()
+        weight = torch.clamp(1.0 / sb ** 2, max=V_LOSS_WEIGHT_CAP) if v_loss_of_x0 else 1.0  # loss_space "v"
+        loss = (weight * (mask * pred + (1 - mask) * ref_out - target) ** 2).mean()
         with torch.no_grad():  # the metrics ours computes
             _ = ((pred - target) ** 2).mean(), mask.mean()
 
