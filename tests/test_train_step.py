@@ -94,6 +94,7 @@ def test_loss_space_v_counts_an_x0_prediction_error_as_in_v():
     config, comps, params, batch = _setup(unmasked_weight=0.0, change_weight=0.0, foreground_weight=0.0,
                                           t_logit_normal=(-0.85, 1.2))
     config.schedule.prediction_type = "sample"
+    config.objective.loss_space = "output"
     comps, _ = components_lib.build(config)
     captured = {}
     real = ts.masked.masked_loss
