@@ -74,6 +74,11 @@ def defaults() -> ConfigDict:
         t_logit_normal=(),  # (): uniform timesteps; (loc, scale): logit-normal
         start_t_logit_normal=(),  # (loc, scale): a clip's first steps draw their own timesteps
         loss_space="output",  # "output": MSE of what the network predicts; "v": its error counted in v
+        # Own rollouts (diffusion/rollout.py): the references of `rollout_fraction` of the tuples are the
+        # model's own frames, regenerated `rollout_frames` deep (0: teacher forcing) with `rollout_steps` DDIM
+        # steps, from step `rollout_start` on; the target stays the true frame (the shapes world; not WebVid).
+        rollout_frames=0, rollout_fraction=0.25, rollout_steps=4, rollout_start=0,
+        p_history_noise=0.0,  # share of tuples whose references are noised to a level in U[0, 1], not [0, s_max]
     ))
 
     c.train = ConfigDict(dict(
@@ -105,7 +110,9 @@ def defaults() -> ConfigDict:
 
     c.sample = ConfigDict(dict(
         every=0,  # also sample every N steps (0: only at the end)
-        at_end=True, num_frames=16, num_steps=25, eta=0.0, text_guidance=2.0, ref_guidance=1.0, ref_level=0.02,
+        at_end=True, num_frames=16, num_steps=25, eta=0.0, text_guidance=2.0, ref_level=0.02,
+        ref_guidance=1.0,  # history guidance (1: off), against no history or, below 1, history_level's
+        history_level=1.0,
         chunk_size=8, prompts=("a red square moving right on a black background",),
     ))
     # End-of-training shapes-world scores: text-to-video of the first `num_videos` test captions (0: none).
@@ -185,6 +192,13 @@ def _check_values(c: ConfigDict) -> None:
         require(0.0 <= c.objective[key] <= 1.0, f"objective.{key}", "must be in [0, 1]")
     for key in ("s_max", "unmasked_weight", "change_weight", "foreground_weight"):
         require(c.objective[key] >= 0.0, f"objective.{key}", "must be >= 0")
+    require(c.objective.rollout_frames >= 0, "objective.rollout_frames", "must be >= 0")
+    require(0.0 < c.objective.rollout_fraction <= 1.0, "objective.rollout_fraction", "must be in (0, 1]")
+    require(c.objective.rollout_steps >= 1, "objective.rollout_steps", "must be >= 1")
+    require(c.objective.rollout_start >= 0, "objective.rollout_start", "must be >= 0")
+    require(0.0 <= c.objective.p_history_noise <= 1.0, "objective.p_history_noise", "must be in [0, 1]")
+    require(c.sample.ref_level <= c.sample.history_level <= 1.0, "sample.history_level",
+            "must be in [sample.ref_level, 1]")
     require(c.image_base.num_steps >= 0, "image_base.num_steps", "must be >= 0")
     require(c.image_base.global_batch > 0, "image_base.global_batch", "must be positive")
     require(0.0 <= c.image_base.p_text <= 1.0, "image_base.p_text", "must be in [0, 1]")

@@ -9,6 +9,7 @@ shape, motion direction, speed and object count off every frame
 
     python -m artv_jax.evaluate --workdir=workdirs/shapes                       # 144 captions, 16/64/256 frames
     python -m artv_jax.evaluate --workdir=W --captions=24 --lengths=16,64 --steps=10   # a quicker look
+    python -m artv_jax.evaluate --workdir=W --modes=i2v --ref_guidance=1.5               # with history guidance
 
 Writes to `--out` (default `<workdir>/evaluation`): `report.json` (scores per
 mode and rollout length, per-frame drift curves), `drift.png` (frame accuracy
@@ -28,7 +29,7 @@ from artv_jax.data import shapes
 from artv_jax.metrics import shapes_score
 
 MODES = ("t2v", "i2v")
-CURVES = ("clean", "frame_ok", "colour_distance", "area_error", "one_object", "track_error")
+CURVES = ("clean", "frame_ok", "colour_distance", "area_error", "one_object", "track_error", "travel_ok")
 
 
 def _check_num_captions(num_captions: int) -> None:
@@ -87,7 +88,8 @@ def evaluate(comps, params, config, *, num_captions: int = 144, lengths=(16, 64,
     cases = eval_cases(num_captions, comps.frame_size)
     key = jax.random.PRNGKey(seed)
     report = {"num_captions": len(cases), "lengths": lengths, "sampler": {
-        "num_steps": s.num_steps, "text_guidance": s.text_guidance, "ref_level": s.ref_level, "eta": s.eta}}
+        "num_steps": s.num_steps, "text_guidance": s.text_guidance, "ref_level": s.ref_level, "eta": s.eta,
+        "ref_guidance": s.ref_guidance, "history_level": s.history_level}}
     videos = {}
     for mode in modes:
         t0 = time.time()
@@ -128,21 +130,22 @@ def _finite(scores: dict) -> dict:
     return {k: float(v) for k, v in scores.items() if np.isscalar(v) and np.isfinite(v)}
 
 
-def drift_plot(report: dict, path: str, width: int = 900, height: int = 300) -> None:
-    """A PNG: clean frames, frame accuracy and colour distance against frame index, one line per mode."""
+def drift_plot(report: dict, path: str, width: int = 1200, height: int = 300) -> None:
+    """A PNG: clean frames, frame accuracy, colour distance and position error (px from the track started at
+    the object's own frame-0 position) against frame index, one line per mode."""
     from PIL import Image, ImageDraw
 
     colours = {"t2v": (200, 40, 40), "i2v": (40, 90, 200)}
     image = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(image)
     panels = [("clean frames", "clean", 1.0), ("frame accuracy", "frame_ok", 1.0),
-              ("colour distance", "colour_distance", None)]
+              ("colour distance", "colour_distance", None), ("position error (px)", "track_error", None)]
     pw = width // len(panels)
     for p, (title, key, top) in enumerate(panels):
         x0, y0, x1, y1 = p * pw + 40, 20, (p + 1) * pw - 10, height - 30
         series = {m: np.asarray(report[m]["curves"][key], float) for m in MODES if m in report}
         if top is None:
-            top = max(1e-6, max(float(np.nanmax(s)) for s in series.values()) * 1.05)
+            top = max([1e-6] + [float(np.nanmax(s)) * 1.05 for s in series.values() if np.isfinite(s).any()])
         draw.rectangle([x0, y0, x1, y1], outline="black")
         draw.text((x0, 4), title, fill="black")
         draw.text((x0 - 36, y0), f"{top:.3g}", fill="black")
@@ -173,6 +176,17 @@ def contact_sheet(videos: dict, path: str, rows: int = 6, columns: int = 16, sca
     Image.fromarray(sheet).resize((sheet.shape[1] * scale, sheet.shape[0] * scale), Image.NEAREST).save(path)
 
 
+def with_sampling(config, **overrides):
+    """A copy of a run's config with the given `sample` settings (None: the run's own), checked by `validate`."""
+    from artv_jax import config as config_lib
+
+    config = config.copy_and_resolve_references()
+    for key, value in overrides.items():
+        if value is not None:
+            config.sample[key] = type(config.sample[key])(value)
+    return config_lib.validate(config)
+
+
 def main(argv):
     del argv
     from absl import flags
@@ -183,6 +197,7 @@ def main(argv):
             raise runs.UsageError("give --workdir (a training run).")
         lengths = check_options(FLAGS.captions, FLAGS.lengths, FLAGS.modes)  # before the model loads
         comps, params, config = runs.load(FLAGS.workdir, FLAGS.step)
+        config = with_sampling(config, ref_guidance=FLAGS.ref_guidance, history_level=FLAGS.history_level)
         report, videos = evaluate(comps, params, config, num_captions=FLAGS.captions, lengths=lengths,
                                   modes=FLAGS.modes, steps=FLAGS.steps, batch=FLAGS.batch, seed=FLAGS.seed)
     out = FLAGS.out or storage.join(storage.resolve(FLAGS.workdir), "evaluation")
@@ -196,7 +211,8 @@ def main(argv):
             print(f"{mode} {n:>4s} frames: all {s['all_accuracy']:.3f}  colour {s['colour_accuracy']:.3f}  "
                   f"shape {s['shape_accuracy']:.3f}  direction {s['direction_accuracy']:.3f}  "
                   f"background {s['background_accuracy']:.3f}  frame {s['frame_accuracy']:.3f}  "
-                  f"clean {s['clean_fraction']:.3f}  on track {s['track_accuracy']:.3f}")
+                  f"clean {s['clean_fraction']:.3f} (last quarter {s['clean_last_quarter']:.3f})  "
+                  f"on track {s['track_accuracy']:.3f}  travel {s.get('travel_accuracy', float('nan')):.3f}")
     print(f"wrote {out}/report.json, drift.png, samples.png")
 
 
@@ -209,6 +225,9 @@ def _define_flags():
     flags.DEFINE_list("lengths", ["16", "64", "256"], "Rollout lengths scored (frames).")
     flags.DEFINE_list("modes", list(MODES), "t2v (text-to-video) and/or i2v (image-to-video).")
     flags.DEFINE_integer("steps", None, "DDIM steps per frame (default: the training config's).")
+    flags.DEFINE_float("ref_guidance", None, "History guidance weight (1: off; default: the training config's).")
+    flags.DEFINE_float("history_level", None, "History guidance's weaker history: 1 none, below it the references "
+                       "noised to this level (default: the training config's).")
     flags.DEFINE_integer("batch", 48, "Videos generated together.")
     flags.DEFINE_integer("seed", 0, "Random seed.")
     flags.DEFINE_string("out", "", "Output directory (default <workdir>/evaluation).")

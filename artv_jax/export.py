@@ -95,8 +95,8 @@ def artv_config_dict(components, config, step: int | None) -> dict[str, Any]:
         autoencoder = {"kind": "vae", "scaling_factor": vae.scaling_factor, "shift_factor": vae.shift_factor}
     autoencoder.update(channels=auto.channels, factor=auto.factor)
     s = config.sample
-    sample = {k: s[k] for k in ("num_steps", "eta", "text_guidance", "ref_guidance", "ref_level", "chunk_size",
-                                "num_frames")}
+    sample = {k: s[k] for k in ("num_steps", "eta", "text_guidance", "ref_guidance", "history_level", "ref_level",
+                                "chunk_size", "num_frames")}
     return {
         "format": FORMAT,
         "step": step,

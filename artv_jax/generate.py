@@ -27,7 +27,8 @@ def make_sampler(components: Components, sample_config, model_config) -> samplin
     """
     return sampling.Sampler(components.model, components.schedule, sampling.SamplerConfig(
         num_steps=sample_config.num_steps, eta=sample_config.eta, text_guidance=sample_config.text_guidance,
-        ref_guidance=sample_config.ref_guidance, ref_level=sample_config.ref_level,
+        ref_guidance=sample_config.ref_guidance, history_level=sample_config.history_level,
+        ref_level=sample_config.ref_level,
         chunk_size=sample_config.chunk_size, use_mask=bool(model_config.use_mask),
         use_anchor=bool(model_config.use_anchor)))
 

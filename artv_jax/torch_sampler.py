@@ -58,6 +58,12 @@ class Settings:
     text_guidance: float = 7.5
     ref_guidance: float = 1.0
     ref_level: float = 0.0
+    history_level: float = 1.0  # the weaker history of history guidance: 1 (none) is the one this sampler has
+
+    def __post_init__(self):
+        if self.ref_guidance != 1.0 and self.history_level != 1.0:
+            raise ValueError(f"fractional history guidance (history_level {self.history_level} < 1) is not in "
+                             f"the PyTorch sampler; sample with artv_jax, or set history_level=1 (no history).")
 
 
 def jax_noise(key, latent_shape: Sequence[int], num_ref_frames: int, num_steps: int) -> NoiseSource:
@@ -119,7 +125,7 @@ class TorchSampler:
         self.alphas_cumprod = scheduler.alphas_cumprod.to(torch.float32)
         self.final_alpha_cumprod = float(scheduler.final_alpha_cumprod)
         sample = config["sample"]
-        self.settings = Settings(**{f.name: sample[f.name] for f in dataclasses.fields(Settings)})
+        self.settings = Settings(**{f.name: sample[f.name] for f in dataclasses.fields(Settings) if f.name in sample})
 
     @classmethod
     def from_pretrained(cls, path: str, device: str | torch.device = "cpu") -> TorchSampler:

@@ -89,10 +89,11 @@ def enable_compilation_cache(path: str) -> None:
 
 
 def make_iterator(config, comps, process_index=None, process_count=None) -> pipeline.TupleIterator:
-    """This host's resumable iterator of `global_batch // process_count` training tuples."""
+    """This host's resumable iterator of `global_batch // process_count` training tuples: R references and, for
+    own rollouts, `objective.rollout_frames` frames more before them (`train_step.loss_fn`)."""
     return pipeline.TupleIterator(
         make_source(config, process_index, process_count), global_batch=config.train.global_batch,
-        tokenize=comps.tokenize, num_ref_frames=comps.model.config.num_ref_frames,
+        tokenize=comps.tokenize, num_ref_frames=comps.model.config.num_ref_frames + config.objective.rollout_frames,
         stride_range=tuple(config.data.stride_range), seed=config.seed,
         start_fraction=config.data.start_fraction)
 
@@ -229,11 +230,15 @@ def train_and_evaluate(config, workdir: str) -> dict:
                **{k: last_metrics[k] for k in ("loss", "loss_raw", "mask_mean") if k in last_metrics}}
     params = host_ema_params(state, frozen)  # every process takes part in the gather
     if is_main and config.sample.at_end:
+        t0 = time.time()
         _write_samples(comps, params, config, workdir, sample_key, "final")
+        results["sample_seconds"] = round(time.time() - t0, 1)
         if config.data.name == "shapes" and config.eval.num_videos > 0:
             from artv_jax import evaluate  # shapes runs only
 
+            t0 = time.time()
             results.update(evaluate.text_to_video_scores(comps, params, config, sample_key))
+            results["eval_seconds"] = round(time.time() - t0, 1)
             storage.write_text(storage.join(workdir, "eval.json"), json.dumps(results, indent=2))
             log.info("shapes-world scores: %s", json.dumps(results))
     return results

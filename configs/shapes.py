@@ -51,7 +51,8 @@ def get_config(variant: str = ""):
 
     c.checkpoint.every = 900
 
-    c.sample.update(num_frames=32, prompts=("a red square moving right on a black background",
+    # End-of-run samples at the scores' 20 DDIM steps, one training clip long (longer: artv_jax.sample, evaluate).
+    c.sample.update(num_frames=16, num_steps=20, prompts=("a red square moving right on a black background",
                                             "a yellow circle moving down on a gray background",
                                             "a blue triangle moving left on a white background"))
     c.eval.num_videos = 48

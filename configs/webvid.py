@@ -24,6 +24,9 @@ def get_config(variant: str = "256"):
 
     # Pure ART·V: SD already denoises (no unmasked term), no shapes-world weights, SD's uniform timesteps.
     c.objective.update(s_max=0.2, p_text=0.1, p_ref=0.1)
+    # Own rollouts stay off (rollout_frames = 0): their target is the true continuation of a generated history,
+    # which the shapes world knows and real clips do not; on WebVid they would need Self Forcing's
+    # distribution-matching loss against a frozen teacher (artv_jax/diffusion/rollout.py).
 
     c.train.update(num_steps=100_000, global_batch=256 if size == 256 else 128, learning_rate=2e-5,
                    warmup_steps=1000, weight_decay=0.01, ema_decay=0.9999,

@@ -17,11 +17,12 @@ def test_evaluate_cli_writes_report_and_figures(tiny_run, tmp_path):
 
     out = tmp_path / "eval"
     cmd = [sys.executable, "-m", "artv_jax.evaluate", f"--workdir={tiny_run}", "--captions=3", "--lengths=2,4",
-           "--steps=2", "--batch=3", f"--out={out}"]
+           "--steps=2", "--batch=3", "--ref_guidance=1.5", "--history_level=0.5", f"--out={out}"]
     run = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())
     assert report["num_captions"] == 3 and report["lengths"] == [2, 4]
+    assert report["sampler"]["ref_guidance"] == 1.5 and report["sampler"]["history_level"] == 0.5
     for mode in ("t2v", "i2v"):
         assert sorted(report[mode]["by_length"]) == ["2", "4"]
         assert report[mode]["by_length"]["4"]["num_videos"] == 3
@@ -31,7 +32,7 @@ def test_evaluate_cli_writes_report_and_figures(tiny_run, tmp_path):
     assert "position_error" in report["i2v"]["by_length"]["4"]  # i2v knows the start position
     assert "position_error" not in report["t2v"]["by_length"]["4"]
     assert report["i2v"]["curves"]["clean"][0] == 1.0  # clean frames per frame; the rendered frame 0 is clean
-    assert Image.open(out / "drift.png").size == (900, 300)
+    assert Image.open(out / "drift.png").size == (1200, 300)
     assert Image.open(out / "samples.png").size[0] > 0
 
 
@@ -39,6 +40,8 @@ def test_evaluate_cli_writes_report_and_figures(tiny_run, tmp_path):
     (["--workdir=TINY_RUN", "--captions=500"], "--captions must be in 1..144, got 500."),
     (["--workdir=/nonexistent"], "no checkpoints in '/nonexistent' (expected /nonexistent/checkpoints/<step>/)."),
     ([], "give --workdir (a training run)."),
+    (["--workdir=TINY_RUN", "--history_level=0.01"],
+     "config key 'sample.history_level' must be in [sample.ref_level, 1], got 0.01."),
 ])
 def test_evaluate_rejects_bad_arguments_in_one_line(tiny_run, args, message):
     args = [a.replace("TINY_RUN", str(tiny_run)) for a in args]

@@ -200,6 +200,22 @@ def test_augmentation_levels_uniform_in_range():
         masked.augment_references(s, jax.random.key(0), refs, 1.5)
 
 
+def test_history_noise_draws_a_share_of_levels_over_the_whole_range():
+    """p_full = 0 draws exactly what no p_full draws; p_full = 0.25 puts about a quarter of the levels in
+    U[0, 1] (those above s_max are only from there: 0.25 x 0.7 of all), the rest stay in U[0, s_max]."""
+    s = _schedule("epsilon")
+    refs = jnp.zeros((4096, 2, 2, 4))
+    key = jax.random.key(2)
+    plain = masked.augment_references(s, key, refs, 0.3)
+    np.testing.assert_array_equal(masked.augment_references(s, key, refs, 0.3, 0.0)[1], plain[1])
+    _, level = masked.augment_references(s, key, refs, 0.3, 0.25)
+    level = np.asarray(level)
+    above = (level > 0.3).mean()
+    assert abs(above - 0.25 * 0.7) < 5 * np.sqrt(0.175 * 0.825 / 4096) and level.max() <= 1.0
+    kept = level == np.asarray(plain[1])
+    assert abs(kept.mean() - 0.75) < 5 * np.sqrt(0.75 * 0.25 / 4096)
+
+
 # ------------------------------------------------------------ conditioning dropout
 
 def test_drop_conditioning_statistics():

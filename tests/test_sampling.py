@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from artv_jax.diffusion import sampling
+from artv_jax.diffusion import masked, sampling
 from artv_jax.diffusion.schedule import NoiseSchedule
 from artv_jax.models import artv
 from artv_jax.models.unet import UNetConfig
@@ -172,3 +172,50 @@ def test_bad_inputs_raise():
                               first_frames=np.zeros((4, *SHAPE)), progress=False)
     with pytest.raises(ValueError):
         dataclasses.replace(sampler.config, ref_level=2.0)
+
+
+def _branch(sampler, params, x, t, text, window, anchor, ref_noise, drop: bool, level: float):
+    """One guidance branch by a direct call of the model: references noised to `level` (or dropped), blended."""
+    b = x.shape[0]
+    refs = masked.augment_at_level(SCHEDULE, window, ref_noise, jnp.full((b,), level))
+    pred, logits = sampler.model.apply({"params": params}, x, jnp.full((b,), t), text, refs, anchor,
+                                       jnp.full((b,), level), drop_refs=jnp.full((b,), drop))
+    mask = jnp.ones_like(logits) if drop else jax.nn.sigmoid(logits)
+    return masked.blend_prediction(SCHEDULE, pred, mask, x, jnp.full((b,), t), window[..., -4:])
+
+
+@pytest.mark.parametrize("ref_guidance,history_level", [(1.0, 1.0), (2.5, 1.0), (2.5, 0.6)])
+def test_history_guidance_against_direct_model_calls(ref_guidance, history_level):
+    """e = e_0w + w_r (e_0r - e_0w) + w_t (e_tr - e_0r): the weaker history e_0w is none (references dropped)
+    at history_level 1 and the references noised to history_level below it; at w_r = 1 the formula is plain
+    text guidance, which the sampler computes without the third branch."""
+    sampler, params = make(ref_guidance=ref_guidance, history_level=history_level)
+    cond, uncond = texts(1)
+    cond = cond[0]
+    k = jax.random.split(jax.random.PRNGKey(4), 4)
+    x, window, anchor = (jax.random.normal(k[i], SHAPE) for i in range(3))
+    ref_noise = jax.random.normal(k[3], SHAPE)
+    t = 500
+    got = sampler.guided_output(params, x, t, cond, uncond, window, anchor, ref_noise, False, None)
+    branch = functools.partial(_branch, sampler, params, x, t, window=window, anchor=anchor, ref_noise=ref_noise)
+    e_tr = branch(cond, drop=False, level=0.1)
+    e_0r = branch(uncond, drop=False, level=0.1)
+    e_0w = branch(uncond, drop=True, level=0.1) if history_level == 1.0 else branch(uncond, drop=False,
+                                                                                      level=history_level)
+    want = e_0w + ref_guidance * (e_0r - e_0w) + 3.0 * (e_tr - e_0r)
+    np.testing.assert_allclose(got, want, atol=2e-5, rtol=1e-5)
+    if ref_guidance == 1.0:  # exactly the sampler without history guidance
+        np.testing.assert_array_equal(got, make()[0].guided_output(params, x, t, cond, uncond, window, anchor,
+                                                                   ref_noise, False, None))
+    else:  # the third branch matters, and the weaker history's level with it
+        assert np.abs(np.asarray(got) - np.asarray(e_0r + 3.0 * (e_tr - e_0r))).max() > 1e-3
+        if history_level < 1.0:
+            none = branch(uncond, drop=True, level=0.1)
+            assert np.abs(np.asarray(e_0w - none)).max() > 1e-3
+
+
+def test_history_level_is_checked():
+    with pytest.raises(ValueError, match="history_level"):
+        sampling.SamplerConfig(ref_level=0.2, history_level=0.1)
+    with pytest.raises(ValueError, match="history_level"):
+        sampling.SamplerConfig(history_level=1.5)

@@ -38,6 +38,7 @@ def assert_perfect(result: dict) -> None:
     assert result["speed"] == pytest.approx(1.0, abs=1e-9)
     assert result["speed_error"] < 1e-9 and result["area_error"] == 0.0 and result["colour_distance"] == 0.0
     assert result["clean_fraction"] == 1.0 and result["track_accuracy"] == 1.0
+    assert result["clean_last_quarter"] == 1.0 and result["travel_accuracy"] == 1.0
 
 
 
@@ -357,6 +358,29 @@ def test_track_starts_at_the_objects_own_position():
                                   num_frames=16)
     r = score.score_video(reverse, caption_only)
     assert not r["on_track"] and r["curves"]["track_error"][0] == pytest.approx(0.0, abs=0.5)
+
+
+def test_travel_and_the_last_quarter():
+    """Travel counts the frame steps that go the true track's way; the last quarter's clean frames are its own."""
+    a = {**shapes.sample_attributes("test", 3), "x": 4, "y": 9}
+    video = shapes.render_video(**a, size=32, num_frames=40)
+    r = score.score_video(video, a)
+    assert r["clean_last_quarter"] == 1.0 and np.all(r["curves"]["travel_ok"][1:] == 1.0)
+    assert np.isnan(r["curves"]["travel_ok"][0])
+    # Standing still from frame 19 on: the last 20 of 39 steps are wrong. Blank frames: not clean, no travel.
+    held = video.copy()
+    held[20:] = video[19]
+    assert score.score_video(held, a)["curves"]["travel_ok"][1:].mean() == pytest.approx(19 / 39)
+    blank = video.copy()
+    blank[30:] = blank[30:, :1, :1]  # the background colour everywhere
+    r = score.score_video(blank, a)
+    assert r["clean_last_quarter"] == 0.0 and r["clean_fraction"] == pytest.approx(30 / 40)
+    assert r["curves"]["travel_ok"][30:].sum() == 0.0
+    # Moving the other way from the start is wrong at every step until the reversed track bounces.
+    opposite = {"left": "right", "right": "left", "up": "down", "down": "up"}[a["direction"]]
+    mid = {**a, "x": 12, "y": 12}
+    reverse = shapes.render_video(**{**mid, "direction": opposite}, size=32, num_frames=8)
+    assert score.score_batch(reverse[None], [mid])["travel_accuracy"] == 0.0
 
 
 def test_score_batch_of_every_caption_at_64_frames():

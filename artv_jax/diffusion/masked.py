@@ -150,13 +150,18 @@ def augment_at_level(schedule: NoiseSchedule, refs, noise, level) -> jax.Array:
     return jnp.sqrt(a) * refs + jnp.sqrt(1.0 - a) * jnp.asarray(noise, jnp.float32)
 
 
-def augment_references(schedule: NoiseSchedule, key, refs, s_max) -> tuple[jax.Array, jax.Array]:
+def augment_references(schedule: NoiseSchedule, key, refs, s_max, p_full: float = 0.0
+                       ) -> tuple[jax.Array, jax.Array]:
     """Training-time noise augmentation: per-example s ~ U[0, s_max], refs noised to s.
 
     The level s is a fraction of the forward process in [0, 1] (see
     `augment_at_level`), the same number the adapter receives as its constant
     input plane (`models.adapter.noise_level_plane`) and the sampler uses as
     its fixed `s_infer`.
+
+    `p_full`: the probability that an example's level is drawn from U[0, 1] instead, so the model also learns
+    from histories at every noise level, the weaker branch of fractional history guidance (`sampling`;
+    Diffusion Forcing trains every frame at an independent level). 0 draws exactly what it drew without it.
 
     Returns:
       (noisy refs (B, H, W, R·C) float32, levels s (B,) float32).
@@ -166,6 +171,10 @@ def augment_references(schedule: NoiseSchedule, key, refs, s_max) -> tuple[jax.A
     refs = jnp.asarray(refs, jnp.float32)
     k_level, k_noise = jax.random.split(key)
     level = jax.random.uniform(k_level, (refs.shape[0],), jnp.float32) * s_max
+    if p_full:
+        k_full, k_which = jax.random.split(jax.random.fold_in(k_level, 1))
+        full = jax.random.uniform(k_full, (refs.shape[0],), jnp.float32)
+        level = jnp.where(jax.random.uniform(k_which, (refs.shape[0],)) < p_full, full, level)
     noise = jax.random.normal(k_noise, refs.shape, jnp.float32)
     return augment_at_level(schedule, refs, noise, level), level
 

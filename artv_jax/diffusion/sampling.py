@@ -17,9 +17,12 @@ functions, no scan, no fori_loop) give the same frames.
 
 Guidance: with references present, `text_guidance` w_t combines
 (text, refs) and (empty, refs) as e_u + w_t (e_c - e_u). With `ref_guidance`
-w_r != 1 a third branch (empty, no refs) is added:
-e = e_00 + w_r (e_0r - e_00) + w_t (e_tr - e_0r). Frame 0 of a text-to-video
-has its references dropped (a plain text-to-image sample, m := 1).
+w_r != 1 (history guidance, Diffusion Forcing's DFoT) a third branch (empty,
+weaker history) is added: e = e_0w + w_r (e_0r - e_0w) + w_t (e_tr - e_0r).
+The weaker history is none (references dropped) at `history_level` 1, the
+references noised to `history_level` below it (fractional history guidance).
+Frame 0 of a text-to-video has its references dropped (a plain text-to-image
+sample, m := 1).
 """
 
 from __future__ import annotations
@@ -48,6 +51,9 @@ class SamplerConfig:
       text_guidance: classifier-free guidance scale on the text (1: off).
       ref_guidance: guidance scale on the references (1: off, no extra branch).
       ref_level: noise level s_infer in [0, 1] of the references at inference.
+      history_level: the weaker history of history guidance (`ref_guidance` != 1): 1 is no history (the
+        references dropped, as `objective.p_ref` trains it), a level in [ref_level, 1) the references noised
+        to it (fractional history guidance; train with `objective.p_history_noise` > 0).
       chunk_size: frames per compiled scan call.
       use_mask: False forces m = 1 (for models trained without the mask head: the `no_mask` ablation).
       use_anchor: False feeds a zero anchor (models trained without anchored conditioning).
@@ -58,6 +64,7 @@ class SamplerConfig:
     text_guidance: float = 7.5
     ref_guidance: float = 1.0
     ref_level: float = 0.0
+    history_level: float = 1.0
     chunk_size: int = 8
     use_mask: bool = True
     use_anchor: bool = True
@@ -67,6 +74,9 @@ class SamplerConfig:
             raise ValueError(f"num_steps and chunk_size must be >= 1: {self}.")
         if not 0.0 <= self.ref_level <= 1.0:
             raise ValueError(f"ref_level must be in [0, 1], got {self.ref_level}.")
+        if not self.ref_level <= self.history_level <= 1.0:
+            raise ValueError(f"history_level must be in [ref_level, 1] = [{self.ref_level}, 1], "
+                             f"got {self.history_level}.")
 
 
 class VideoState(NamedTuple):
@@ -98,23 +108,29 @@ class Sampler:
         cfg, model = self.config, self.model
         c = model.latent_channels
         x_ref = window[..., -c:]
-        level = jnp.full((x_t.shape[0],), cfg.ref_level, jnp.float32)
         if not cfg.use_anchor:
             anchor = jnp.zeros_like(anchor)
-        refs = masked.augment_at_level(self.schedule, window, ref_noise, level)
+        # Branches (text, references dropped, reference level). The weaker history of history guidance is no
+        # history (dropped, as p_ref trains it) at history_level 1, else the references noised to that level.
         if drop_refs:
-            branches = [(cond, True), (uncond, True)]
+            branches = [(cond, True, cfg.ref_level), (uncond, True, cfg.ref_level)]
         elif cfg.ref_guidance == 1.0:
-            branches = [(cond, False), (uncond, False)]
+            branches = [(cond, False, cfg.ref_level), (uncond, False, cfg.ref_level)]
         else:
-            branches = [(cond, False), (uncond, False), (uncond, True)]
-        n = len(branches)
+            weak = cfg.history_level >= 1.0
+            branches = [(cond, False, cfg.ref_level), (uncond, False, cfg.ref_level),
+                        (uncond, weak, cfg.ref_level if weak else cfg.history_level)]
+        n, b = len(branches), x_t.shape[0]
         tile = lambda a: jnp.concatenate([a] * n, axis=0)
-        drop = jnp.concatenate([jnp.full((x_t.shape[0],), d) for _, d in branches])
-        text = jnp.concatenate([e for e, _ in branches], axis=0)
-        t_b = jnp.full((n * x_t.shape[0],), t, jnp.int32)
+        levels = {lv: jnp.full((b,), lv, jnp.float32) for _, _, lv in branches}
+        refs = {lv: masked.augment_at_level(self.schedule, window, ref_noise, levels[lv]) for lv in levels}
+        drop = jnp.concatenate([jnp.full((b,), d) for _, d, _ in branches])
+        text = jnp.concatenate([e for e, _, _ in branches], axis=0)
+        level = jnp.concatenate([levels[lv] for _, _, lv in branches])
+        refs_in = jnp.concatenate([refs[lv] for _, _, lv in branches], axis=0)
+        t_b = jnp.full((n * b,), t, jnp.int32)
         pred, mask_logits = model.apply(
-            {"params": params}, tile(x_t), t_b, text, tile(refs), tile(anchor), tile(level),
+            {"params": params}, tile(x_t), t_b, text, refs_in, tile(anchor), level,
             drop_refs=drop, anchor_contexts=None if ctx is None else [tile(a) for a in ctx], anchor_keep=~drop)
         mask = jax.nn.sigmoid(mask_logits) if cfg.use_mask else jnp.ones_like(mask_logits)
         mask = masked.apply_ref_drop(mask, drop)
@@ -122,8 +138,8 @@ class Sampler:
         outs = jnp.split(out, n, axis=0)
         if n == 2:
             return outs[1] + cfg.text_guidance * (outs[0] - outs[1])
-        e_tr, e_0r, e_00 = outs
-        return e_00 + cfg.ref_guidance * (e_0r - e_00) + cfg.text_guidance * (e_tr - e_0r)
+        e_tr, e_0r, e_0w = outs
+        return e_0w + cfg.ref_guidance * (e_0r - e_0w) + cfg.text_guidance * (e_tr - e_0r)
 
     def denoise_frame(self, params, key, cond, uncond, window, anchor, ctx, drop_refs: bool = False,
                       python_loop: bool = False) -> jax.Array:

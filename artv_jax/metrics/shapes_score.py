@@ -62,6 +62,11 @@ video moves as the world does:
   centroid less the shape's centroid offset, rounded), over the first
   `TRACK_FRAMES` = 16 frames. Text-to-video has no given start; this checks
   its motion (direction, speed, bounces) against the world all the same.
+- Travel: at every frame step the centroid moves at least `TRAVEL_MIN` =
+  0.5 px the true track's way along each axis the track moves on (under it
+  along the others); the true track is the exact one where the start is given
+  (image-to-video), else the own-start track. Over a long rollout it says
+  whether the object keeps moving and bouncing as captioned.
 """
 
 from __future__ import annotations
@@ -90,6 +95,7 @@ CLEAN_PALETTE = 40.0          # clean frames: background and object colour withi
 CLEAN_AREA = 0.25             # clean frames: area within this fraction of the caption's shape area
 TRACK_TOLERANCE = 1.5         # px: the centroid's largest distance from the true track for a video to be on track
 TRACK_FRAMES = 16             # frames over which the own-start track is checked
+TRAVEL_MIN = 0.5              # px: a step goes the track's way when it moves at least this along the track's axes
 DRIFT_FRAMES = (16, 64, 256)  # 1-based frame numbers at which score_batch reports drift
 _CHUNK_PIXELS = 1 << 22       # frames are read in chunks of about this many pixels (bounded memory)
 
@@ -484,9 +490,9 @@ def _expected(attributes_list, size: int, num_frames: int) -> dict[str, np.ndarr
     }
 
 
-def _own_track_error(r: dict[str, np.ndarray], e: dict[str, np.ndarray], size: int) -> np.ndarray:
-    """(N, T) centroid distance from the true track started at the object's own frame-0 position; NaN where
-    a frame (or frame 0) has no object.
+def _own_track(r: dict[str, np.ndarray], e: dict[str, np.ndarray], size: int) -> np.ndarray:
+    """(N, T, 2) the true centroid track started at the object's own frame-0 position; NaN where frame 0 has
+    no object.
 
     The start corner is frame 0's centroid minus the caption's shape's centroid offset, rounded and kept on
     the canvas; from there the world's motion rule (`shapes.trajectory`) with the caption's direction gives
@@ -494,16 +500,30 @@ def _own_track_error(r: dict[str, np.ndarray], e: dict[str, np.ndarray], size: i
     """
     n, t = r["centroid"].shape[:2]
     geo = geometry(size)
-    out = np.full((n, t), np.nan)
+    out = np.full((n, t, 2), np.nan)
     for i in range(n):
         c0 = r["centroid"][i, 0]
         if np.isnan(c0).any():
             continue
         offset = geo["centre"][e["shape"][i]]
         x, y = np.clip(np.round(c0 - offset), 0, size - geo["b"]).astype(int)
-        corner = shapes.trajectory(int(x), int(y), shapes.DIRECTIONS[e["direction"][i]], size, t)
-        out[i] = np.linalg.norm(r["centroid"][i] - (corner + offset), axis=-1)
+        out[i] = shapes.trajectory(int(x), int(y), shapes.DIRECTIONS[e["direction"][i]], size, t) + offset
     return out
+
+
+def _travel_ok(centroid: np.ndarray, track: np.ndarray) -> np.ndarray:
+    """(N, T) float: 1 where the step from the previous frame goes the track's way, 0 where not (or an object
+    is missing), NaN at t = 0 and where there is no track.
+
+    The track moves 1 px per frame along each axis it moves on (diagonals on both): a step is right when the
+    centroid moves at least TRAVEL_MIN px the same way along every such axis and under it along the others.
+    """
+    step, true = np.diff(centroid, axis=1), np.diff(track, axis=1)
+    with np.errstate(invalid="ignore"):
+        along = np.where(true != 0, step * np.sign(true) >= TRAVEL_MIN, np.abs(step) < TRAVEL_MIN)
+    ok = np.where(np.isnan(step).any(-1), 0.0, along.all(-1).astype(float))
+    ok = np.where(np.isnan(true).any(-1), np.nan, ok)
+    return np.concatenate([np.full(ok.shape[:1] + (1,), np.nan), ok], axis=1)
 
 
 def _score(videos, attributes_list, value_range) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
@@ -540,7 +560,11 @@ def _score(videos, attributes_list, value_range) -> tuple[dict[str, np.ndarray],
     curves["clean"] = ((r["clean_objects"] == 1) & has & (bg_off <= CLEAN_PALETTE)
                        & (np.nan_to_num(colour_off, nan=np.inf) <= CLEAN_PALETTE)
                        & (curves["area_error"] <= CLEAN_AREA))
-    curves["track_error"] = _own_track_error(r, e, size)
+    own = _own_track(r, e, size)
+    curves["track_error"] = np.linalg.norm(r["centroid"] - own, axis=-1)
+    # The direction of travel at every step, against the true track where the start is given (image-to-video)
+    # and against the own-start track otherwise.
+    curves["travel_ok"] = _travel_ok(r["centroid"], np.where(np.isnan(e["track"]), own, e["track"]))
 
     read = {"background": _mode(r["background_index"], len(_BG_NAMES)),
             "colour": _mode(r["colour_index"], len(_COLOUR_NAMES)),
@@ -564,6 +588,7 @@ def _score(videos, attributes_list, value_range) -> tuple[dict[str, np.ndarray],
         "colour_distance": curves["colour_distance"].mean(1),
         "position_error": position,
         "clean_fraction": curves["clean"].mean(1),
+        "clean_last_quarter": curves["clean"][:, t - max(1, t // 4):].mean(1),
         "on_track": (~np.isnan(curves["track_error"][:, :TRACK_FRAMES]).any(1))
                     & (np.nan_to_num(curves["track_error"][:, :TRACK_FRAMES], nan=np.inf).max(1) <= TRACK_TOLERANCE),
         "read_background": read["background"], "read_colour": read["colour"], "read_shape": read["shape"],
@@ -584,8 +609,8 @@ def score_video(frames, attributes, value_range: tuple[float, float] | None = No
     (a vanished object counts as the background colour), `position_error` = mean
     centroid distance to the exact trajectory when the attributes carry the start
     `x`, `y` (frames without an object count as S px off; NaN without x, y).
-    `clean_fraction`: fraction of clean frames; `on_track`: the video stays on the
-    track started at its own frame-0 position (both in the module docstring).
+    `clean_fraction`: fraction of clean frames, `clean_last_quarter` of the last quarter's; `on_track`: the
+    video stays on the track started at its own frame-0 position (both in the module docstring).
     `curves` holds the per-frame arrays of `drift_curve`.
     """
     a = np.asarray(frames)
@@ -615,8 +640,9 @@ def drift_curve(frames, attributes, value_range: tuple[float, float] | None = No
     Booleans `clean`, `frame_ok`, `background_ok`, `colour_ok`, `shape_ok`, `one_object`;
     floats `area_ratio` (area / exact area of the caption's shape), `area_error`,
     `colour_distance`, `background_distance`, `position_error` (NaN without x, y)
-    `speed` (step from the previous frame; NaN at t = 0) and `track_error` (distance from the track started
-    at the object's own frame-0 position; NaN without an object).
+    `speed` (step from the previous frame; NaN at t = 0), `track_error` (distance from the track started
+    at the object's own frame-0 position; NaN without an object) and `travel_ok` (1 where the step from the
+    previous frame goes the true track's way, 0 where not; NaN at t = 0).
     """
     return score_video(frames, attributes, value_range)["curves"]
 
@@ -629,7 +655,9 @@ def score_batch(videos, attributes_list, value_range: tuple[float, float] | None
     `direction_accuracy`, `all_accuracy` (fraction of videos with each `*_ok`),
     `speed`, `speed_error`, `one_object_fraction`, `frame_accuracy`, `area_error`,
     `colour_distance`, `position_error` (over videos with x, y; NaN if none),
-    `clean_fraction` (clean frames, over all frames), `track_accuracy` (videos on track),
+    `clean_fraction` (clean frames, over all frames), `clean_last_quarter` (over each video's last quarter),
+    `track_accuracy` (videos on track), `travel_accuracy` (frame steps going the true track's way: given the
+    start x, y, the exact track, else the one started at the object's own frame-0 position; `_travel_ok`),
     and for each 1-based frame number f in `drift_frames` with f <= T:
     `frame_accuracy@f`, `colour_distance@f`, `area_error@f`, `clean@f` (means over videos at
     that frame). With `curves=True`, `curves` holds the per-frame means (T,).
@@ -639,9 +667,11 @@ def score_batch(videos, attributes_list, value_range: tuple[float, float] | None
     for k in ("background", "colour", "shape", "direction", "all"):
         out[f"{k}_accuracy"] = float(scores[f"{k}_ok"].mean())
     for k in ("speed", "speed_error", "one_object_fraction", "frame_accuracy", "area_error", "colour_distance",
-              "clean_fraction"):
+              "clean_fraction", "clean_last_quarter"):
         out[k] = float(scores[k].mean())
     out["track_accuracy"] = float(scores["on_track"].mean())
+    travel = per_frame["travel_ok"]
+    out["travel_accuracy"] = float(np.nanmean(travel)) if (~np.isnan(travel)).any() else float("nan")
     pos = scores["position_error"]
     out["position_error"] = float(np.nanmean(pos)) if (~np.isnan(pos)).any() else float("nan")
     t = per_frame["frame_ok"].shape[1]
