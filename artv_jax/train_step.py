@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import optax
 from flax import traverse_util
 
+from artv_jax import generate
 from artv_jax.components import Components
 from artv_jax.diffusion import masked, rollout, sampling, weighting
 from artv_jax.models.artv import anchor_contexts
@@ -166,11 +167,9 @@ def rollout_count(config, batch_size: int) -> int:
 
 def rollout_sampler(components: Components, config) -> sampling.Sampler:
     """The sampler of own rollouts: the run's guidance and reference level, `objective.rollout_steps` DDIM steps."""
-    s = config.sample
-    return sampling.Sampler(components.model, components.schedule, sampling.SamplerConfig(
-        num_steps=config.objective.rollout_steps, eta=0.0, text_guidance=s.text_guidance,
-        ref_guidance=s.ref_guidance, history_level=s.history_level, ref_level=s.ref_level,
-        use_mask=bool(config.model.use_mask), use_anchor=bool(config.model.use_anchor)))
+    s = config.sample.copy_and_resolve_references()
+    s.num_steps, s.eta = config.objective.rollout_steps, 0.0
+    return generate.make_sampler(components, s, config.model)
 
 
 def _own_references(components, config, params, batch, key, window, refs, anchor, caption, empty, step):
