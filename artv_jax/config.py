@@ -38,6 +38,7 @@ def defaults() -> ConfigDict:
         stride_range=(1, 1),  # frame strides drawn uniformly from this closed range
         tfds_name="", data_dir="",
         start_fraction=0.0,  # share of tuples forced to be a clip's first step (0: as they fall, 1 in num_frames-1)
+        bounce_fraction=0.0,  # shapes world, stride 1: share of tuples put on a bounce step (pipeline.training_tuple)
     ))
 
     c.model = ConfigDict()
@@ -176,6 +177,9 @@ def _check_values(c: ConfigDict) -> None:
     require(c.data.name in ("shapes", "webvid"), "data.name", "must be 'shapes' or 'webvid'")
     require(c.data.name == "shapes" or bool(c.data.tfds_name), "data.tfds_name", "must name a TFDS data set")
     require(0.0 <= c.data.start_fraction <= 1.0, "data.start_fraction", "must be in [0, 1]")
+    require(0.0 <= c.data.bounce_fraction <= 1.0, "data.bounce_fraction", "must be in [0, 1]")
+    require(c.data.bounce_fraction == 0.0 or (c.data.name == "shapes" and tuple(c.data.stride_range) == (1, 1)),
+            "data.bounce_fraction", "needs the shapes world at data.stride_range (1, 1)")
     lo, hi = (tuple(c.data.stride_range) + (0, 0))[:2]
     require(len(c.data.stride_range) == 2 and 1 <= lo <= hi, "data.stride_range", "must be (lo, hi) with 1 <= lo <= hi")
     require(c.data.size > 0 and c.data.num_frames >= 2, "data.num_frames", "must be >= 2 (with data.size > 0)")

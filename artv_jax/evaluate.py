@@ -10,6 +10,13 @@ shape, motion direction, speed and object count off every frame
     python -m artv_jax.evaluate --workdir=workdirs/shapes                       # 144 captions, 16/64/256 frames
     python -m artv_jax.evaluate --workdir=W --captions=24 --lengths=16,64 --steps=10   # a quicker look
     python -m artv_jax.evaluate --workdir=W --modes=i2v --ref_guidance=1.5               # with history guidance
+    python -m artv_jax.evaluate --workdir=W --modes=tf --lengths=16,64 --steps=10       # one step from the truth
+
+`--modes=tf` (teacher-forced) generates every frame from the true frames
+before it (`shapes_score.one_step_scores`): the model's one-step skill, by
+kind of step (the first, bounces, the others), without the errors of its own
+frames that a rollout adds. A rollout that does worse than its teacher-forced
+twin drifts (exposure bias); one that does as badly has not learned the step.
 
 Writes to `--out` (default `<workdir>/evaluation`): `report.json` (scores per
 mode and rollout length, per-frame drift curves), `drift.png` (frame accuracy
@@ -28,7 +35,8 @@ from artv_jax import runs, storage
 from artv_jax.data import shapes
 from artv_jax.metrics import shapes_score
 
-MODES = ("t2v", "i2v")
+ROLLOUTS = ("t2v", "i2v")
+MODES = ROLLOUTS + ("tf",)  # tf: teacher-forced, every frame one step from the true video (no rollout)
 CURVES = ("clean", "frame_ok", "colour_distance", "area_error", "one_object", "track_error", "travel_ok")
 
 
@@ -66,18 +74,23 @@ def eval_cases(num_captions: int, size: int) -> list[dict]:
 
 
 def rollouts(comps, params, sampler, cases, mode: str, num_frames: int, batch: int, key) -> np.ndarray:
-    """uint8 (N, num_frames, S, S, 3): one rollout per case, `batch` at a time (`generate.generate_batches`)."""
+    """uint8 (N, num_frames, S, S, 3): one video per case, `batch` at a time (`generate.generate_batches`).
+
+    t2v from the caption alone, i2v from the rendered frame 0; tf (teacher-forced) renders the whole true video
+    and generates each later frame from the true frames before it.
+    """
     from artv_jax import generate
 
     first = None
-    if mode == "i2v":
+    if mode in ("i2v", "tf"):
         first = np.stack([shapes.render_video(c["background"], c["colour"], c["shape"], c["direction"], c["x"], c["y"],
-                                              size=comps.frame_size, num_frames=1) for c in cases])
+                                              size=comps.frame_size, num_frames=1 if mode == "i2v" else num_frames)
+                          for c in cases])
     return generate.generate_all(comps, params, sampler, [c["caption"] for c in cases], num_frames, key, batch=batch,
-                                 first_frames=first, progress=True)
+                                 first_frames=first, teacher_forced=mode == "tf", progress=True)
 
 
-def evaluate(comps, params, config, *, num_captions: int = 144, lengths=(16, 64, 256), modes=MODES,
+def evaluate(comps, params, config, *, num_captions: int = 144, lengths=(16, 64, 256), modes=ROLLOUTS,
              steps: int | None = None, batch: int = 48, seed: int = 0) -> tuple[dict, dict]:
     """(report, videos by mode) for a model: scores per mode and rollout length, and drift curves."""
     from artv_jax import generate
@@ -95,6 +108,10 @@ def evaluate(comps, params, config, *, num_captions: int = 144, lengths=(16, 64,
         t0 = time.time()
         v = rollouts(comps, params, sampler, cases, mode, lengths[-1], batch, jax.random.fold_in(key, len(videos)))
         videos[mode] = v
+        if mode == "tf":
+            report[mode] = {"by_length": {str(n): shapes_score.one_step_scores(v[:, :n], cases) for n in lengths},
+                            "seconds": round(time.time() - t0, 1)}
+            continue
         attrs = cases if mode == "i2v" else [{k: c[k] for k in c if k not in ("x", "y")} for c in cases]
         full = shapes_score.score_batch(v, attrs, drift_frames=lengths, curves=True)
         by_length = {str(n): _finite(shapes_score.score_batch(v[:, :n], attrs, drift_frames=())) for n in lengths}
@@ -143,7 +160,7 @@ def drift_plot(report: dict, path: str, width: int = 1200, height: int = 300) ->
     pw = width // len(panels)
     for p, (title, key, top) in enumerate(panels):
         x0, y0, x1, y1 = p * pw + 40, 20, (p + 1) * pw - 10, height - 30
-        series = {m: np.asarray(report[m]["curves"][key], float) for m in MODES if m in report}
+        series = {m: np.asarray(report[m]["curves"][key], float) for m in ROLLOUTS if m in report}
         if top is None:
             top = max([1e-6] + [float(np.nanmax(s)) * 1.05 for s in series.values() if np.isfinite(s).any()])
         draw.rectangle([x0, y0, x1, y1], outline="black")
@@ -208,6 +225,12 @@ def main(argv):
         contact_sheet(videos, path)
     for mode in FLAGS.modes:
         for n, s in report[mode]["by_length"].items():
+            if mode == "tf":
+                print(f"tf  {n:>4s} frames: travel {s['travel_accuracy']:.3f} (first {s['travel_first']:.3f}, "
+                      f"bounce {s['travel_bounce']:.3f} of {s['num_bounces']:.0f}, straight "
+                      f"{s['travel_straight']:.3f})  position error {s['position_error']:.2f} px  on position "
+                      f"{s['on_position']:.3f}  clean {s['clean_fraction']:.3f}")
+                continue
             print(f"{mode} {n:>4s} frames: all {s['all_accuracy']:.3f}  colour {s['colour_accuracy']:.3f}  "
                   f"shape {s['shape_accuracy']:.3f}  direction {s['direction_accuracy']:.3f}  "
                   f"background {s['background_accuracy']:.3f}  frame {s['frame_accuracy']:.3f}  "
@@ -223,7 +246,8 @@ def _define_flags():
     flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
     flags.DEFINE_integer("captions", 144, "How many of the 144 captions (spread evenly).")
     flags.DEFINE_list("lengths", ["16", "64", "256"], "Rollout lengths scored (frames).")
-    flags.DEFINE_list("modes", list(MODES), "t2v (text-to-video) and/or i2v (image-to-video).")
+    flags.DEFINE_list("modes", list(ROLLOUTS), "t2v (text-to-video), i2v (image-to-video) and/or tf (teacher-forced: "
+                      "each frame from the true frames before it, the one-step skill without the rollout's drift).")
     flags.DEFINE_integer("steps", None, "DDIM steps per frame (default: the training config's).")
     flags.DEFINE_float("ref_guidance", None, "History guidance weight (1: off; default: the training config's).")
     flags.DEFINE_float("history_level", None, "History guidance's weaker history: 1 none, below it the references "

@@ -52,7 +52,7 @@ def embed(components: Components, params: dict, prompts: Sequence[str]) -> jax.A
 
 def generate(components: Components, params: dict, sampler: sampling.Sampler, prompts: Sequence[str] | Sequence[
         Sequence[str]], num_frames: int, key: jax.Array, *, first_frames: np.ndarray | None = None,
-             progress: bool = False) -> np.ndarray:
+             teacher_forced: bool = False, progress: bool = False) -> np.ndarray:
     """Generates a batch of videos; returns uint8 (B, N, H, W, 3).
 
     Args:
@@ -61,6 +61,8 @@ def generate(components: Components, params: dict, sampler: sampling.Sampler, pr
       num_frames: N, the video length (given frames included).
       first_frames: optional uint8 (B, F, H, W, 3): F = 1 for image-to-video,
         F > 1 to continue those videos.
+      teacher_forced: `first_frames` is the whole true video (F = N) and every frame after the first is
+        generated from the true frames before it (`sampling.sample_teacher_forced`), not from its own.
     """
     if num_frames <= 0:
         raise ValueError(f"num_frames must be positive, got {num_frames}.")
@@ -87,8 +89,16 @@ def generate(components: Components, params: dict, sampler: sampling.Sampler, pr
                              f"got {first_frames.shape}.")
         frames = to_model_range(jnp.asarray(first_frames.transpose(1, 0, 2, 3, 4)))
         encoded = jnp.stack([components.autoencoder.encode(params.get("vae"), f) for f in frames])
-    latents = sampling.sample_video(sampler, params["artv"], key, texts, uncond, first_frames=encoded,
-                                    latent_shape=latent_shape, progress=progress)
+    if teacher_forced:
+        if encoded is None or encoded.shape[0] != num_frames:
+            raise ValueError(f"teacher forcing needs the whole true video as first frames ({num_frames} frames), "
+                             f"got {0 if encoded is None else encoded.shape[0]}.")
+        latents = sampling.sample_teacher_forced(sampler, params["artv"], key, texts, uncond, encoded,
+                                                 progress=progress)
+        first_frames = first_frames[:, :1]  # only frame 0 is given; the others are the model's
+    else:
+        latents = sampling.sample_video(sampler, params["artv"], key, texts, uncond, first_frames=encoded,
+                                        latent_shape=latent_shape, progress=progress)
     decode = jax.jit(components.autoencoder.decode)
     pixels = np.stack([np.asarray(decode(params.get("vae"), z)) for z in latents])  # (N, B, H, W, 3), one frame at a time
     videos = to_uint8(pixels).transpose(1, 0, 2, 3, 4)
@@ -99,7 +109,7 @@ def generate(components: Components, params: dict, sampler: sampling.Sampler, pr
 
 def generate_batches(components: Components, params: dict, sampler: sampling.Sampler, prompts: Sequence[str],
                      num_frames: int, key: jax.Array, *, batch: int, first_frames: np.ndarray | None = None,
-                     progress: bool = False) -> Iterator[np.ndarray]:
+                     teacher_forced: bool = False, progress: bool = False) -> Iterator[np.ndarray]:
     """Yields uint8 (b, N, H, W, 3) videos for `prompts` (one per video), in order, `batch` at a time.
 
     The batch that starts at video `start` is sampled with
@@ -112,6 +122,7 @@ def generate_batches(components: Components, params: dict, sampler: sampling.Sam
     Args:
       first_frames: optional uint8 (V, F, H, W, 3), the given frames of each of
         the V = len(prompts) videos (see `generate`).
+      teacher_forced: see `generate` (`first_frames` then holds the whole true videos).
     """
     if not prompts:
         raise ValueError("no prompts to generate videos for.")
@@ -129,13 +140,15 @@ def generate_batches(components: Components, params: dict, sampler: sampling.Sam
             first = np.asarray(first_frames[start:start + n])
             first = np.concatenate([first, first[pad]])
         videos = generate(components, params, sampler, chunk + [chunk[i] for i in pad], num_frames,
-                          jax.random.fold_in(key, start), first_frames=first, progress=progress)
+                          jax.random.fold_in(key, start), first_frames=first, teacher_forced=teacher_forced,
+                          progress=progress)
         yield videos[:n]
 
 
 def generate_all(components: Components, params: dict, sampler: sampling.Sampler, prompts: Sequence[str],
                  num_frames: int, key: jax.Array, *, batch: int, first_frames: np.ndarray | None = None,
-                 progress: bool = False) -> np.ndarray:
+                 teacher_forced: bool = False, progress: bool = False) -> np.ndarray:
     """uint8 (V, N, H, W, 3): `generate_batches` concatenated, one video per prompt."""
     return np.concatenate(list(generate_batches(components, params, sampler, prompts, num_frames, key, batch=batch,
-                                                first_frames=first_frames, progress=progress)))
+                                                first_frames=first_frames, teacher_forced=teacher_forced,
+                                                progress=progress)))

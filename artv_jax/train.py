@@ -95,7 +95,7 @@ def make_iterator(config, comps, process_index=None, process_count=None) -> pipe
         make_source(config, process_index, process_count), global_batch=config.train.global_batch,
         tokenize=comps.tokenize, num_ref_frames=comps.model.config.num_ref_frames + config.objective.rollout_frames,
         stride_range=tuple(config.data.stride_range), seed=config.seed,
-        start_fraction=config.data.start_fraction)
+        start_fraction=config.data.start_fraction, bounce_fraction=config.data.bounce_fraction)
 
 
 def train_and_evaluate(config, workdir: str) -> dict:

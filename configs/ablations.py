@@ -3,7 +3,7 @@
     python -m artv_jax.train --config=configs/ablations.py:no_mask  --workdir=workdirs/ablations/no_mask
     python -m artv_jax.train --config=configs/ablations.py:no_noise --workdir=workdirs/ablations/no_noise
     python -m artv_jax.train --config=configs/ablations.py:no_anchor --workdir=workdirs/ablations/no_anchor
-    python -m artv_jax.train --config=configs/ablations.py:r2       --workdir=workdirs/ablations/r2
+    python -m artv_jax.train --config=configs/ablations.py:r1       --workdir=workdirs/ablations/r1
     python -m artv_jax.evaluate --workdir=workdirs/ablations/no_mask --captions=16 --lengths=16,64 --modes=i2v
 
 Each variant keeps the default's data, model size, steps and batch (the same training budget).
@@ -13,13 +13,13 @@ docs/ablations.md.
 - no_mask:   m = 1 everywhere (plain diffusion conditioned on the references; no masked diffusion).
 - no_noise:  no noise augmentation of the references, in training (s_max = 0) and sampling (ref_level = 0).
 - no_anchor: the adapter sees a zero anchor instead of frame 0 (no anchored conditioning).
-- r2:        two reference frames (R = 2) instead of one; training includes frame 1 with frame 0 twice
-             as its references, the window sampling starts with.
+- r1:        one reference frame (R = 1) instead of the default's two (ART·V's own default: R = 2 was an
+             ablation of the paper, and is this project's default since 2026-12-07).
 """
 
 from configs import shapes
 
-VARIANTS = ("no_mask", "no_noise", "no_anchor", "r2")
+VARIANTS = ("no_mask", "no_noise", "no_anchor", "r1")
 
 
 def get_config(variant: str = "no_mask"):
@@ -34,5 +34,5 @@ def get_config(variant: str = "no_mask"):
     elif variant == "no_anchor":
         c.model.use_anchor = False
     else:
-        c.model.artv["num_ref_frames"] = 2
+        c.model.artv["num_ref_frames"] = 1
     return c

@@ -29,7 +29,7 @@ def _flat(config) -> dict:
     ("no_mask", {"model.use_mask": False}),
     ("no_noise", {"objective.s_max": 0.0, "sample.ref_level": 0.0}),
     ("no_anchor", {"model.use_anchor": False}),
-    ("r2", {"model.artv.num_ref_frames": 2}),
+    ("r1", {"model.artv.num_ref_frames": 1}),
 ])
 def test_each_ablation_changes_one_component_and_keeps_the_budget(variant, changed):
     base, variant_config = _flat(shapes.get_config()), _flat(ablations.get_config(variant))
@@ -74,6 +74,8 @@ def test_validate_fills_missing_keys_with_their_defaults():
     ({"train": 3}, "config key 'train' is a section"),
     ({"train": {"global_batch": 16, "grad_accum": 3}}, "config key 'train.grad_accum' must be >= 1 and divide"),
     ({"data": {"start_fraction": 1.5}}, "config key 'data.start_fraction' must be in \\[0, 1\\], got 1.5"),
+    ({"data": {"bounce_fraction": 0.2, "stride_range": (1, 2)}},
+     "config key 'data.bounce_fraction' needs the shapes world at data.stride_range \\(1, 1\\), got 0.2"),
     ({"objective": {"rollout_frames": -1}}, "config key 'objective.rollout_frames' must be >= 0, got -1"),
     ({"objective": {"rollout_fraction": 0.0}}, "config key 'objective.rollout_fraction' must be in \\(0, 1\\]"),
     ({"objective": {"rollout_steps": 0}}, "config key 'objective.rollout_steps' must be >= 1, got 0"),

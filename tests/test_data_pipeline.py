@@ -85,6 +85,43 @@ def test_start_fraction_oversamples_the_first_step():
         pipeline.sample_tuple(16, 1, (1, 1), np.random.default_rng(0), 1.5)
 
 
+def test_bounce_steps_are_where_the_track_turns():
+    # x = 1 moving left: frame 1 at x = 0, frame 2 turned back to x = 1; from 22 moving right: the first step.
+    assert shapes.bounce_steps(1, 5, "left", 32, 16) == [2]
+    assert shapes.bounce_steps(22, 5, "right", 32, 30) == [1, 23]
+    assert shapes.bounce_steps(5, 5, "up", 32, 4) == []
+    for direction in shapes.DIRECTIONS:
+        for x in range(23):
+            track = shapes.trajectory(x, x, direction, 32, 40)
+            steps = np.concatenate([[shapes.VELOCITIES[direction]], np.diff(track, axis=0)])
+            turns = [i for i in range(1, 40) if tuple(steps[i]) != tuple(steps[i - 1])]
+            assert shapes.bounce_steps(x, x, direction, 32, 40) == turns
+
+
+def test_bounce_fraction_puts_targets_on_bounces():
+    def draws(f):
+        out = []
+        for k in range(400):
+            ex = shapes.generate_example("train", k, 32, 16)
+            t = pipeline.training_tuple(ex, rng=np.random.default_rng([5, k]), num_ref_frames=2, stride_range=(1, 1),
+                                        tokenize=tokenize, bounce_fraction=f)
+            out.append((int(t["frame_index"]), shapes.bounce_steps(ex["x"], ex["y"], ex["direction"], 32, 16)))
+        return out
+
+    plain, all_in = draws(0.0), draws(1.0)
+    with_bounce = [b for _, b in all_in if b]
+    assert 0.3 < len(with_bounce) / len(all_in) < 0.9  # most clips hold a bounce, not all
+    assert all(i in b for i, b in all_in if b)  # every clip with a bounce is trained on one of its bounces
+    assert [i for i, b in all_in if not b] == [i for i, b in plain if not b]  # the others keep their draw
+    assert np.mean([i in b for i, b in plain]) < 0.1  # uniform targets meet few bounces
+    ex = shapes.generate_example("train", 0, 32, 16)
+    with pytest.raises(ValueError, match="bounce_fraction needs shapes-world clips at stride 1"):
+        pipeline.training_tuple({"video": ex["video"], "caption": ex["caption"]}, rng=np.random.default_rng(0),
+                                num_ref_frames=1, stride_range=(1, 1), tokenize=tokenize, bounce_fraction=1.0)
+    with pytest.raises(ValueError, match="bounce_fraction must be in"):
+        pipeline.TupleIterator(shard(), global_batch=4, tokenize=tokenize, bounce_fraction=2.0)
+
+
 def test_reference_indices_repeat_frame_0_like_the_sampler():
     assert pipeline.reference_indices(7, 2, 3) == [1, 3, 5]
     assert pipeline.reference_indices(1, 1, 3) == [0, 0, 0]

@@ -17,7 +17,8 @@ def test_evaluate_cli_writes_report_and_figures(tiny_run, tmp_path):
 
     out = tmp_path / "eval"
     cmd = [sys.executable, "-m", "artv_jax.evaluate", f"--workdir={tiny_run}", "--captions=3", "--lengths=2,4",
-           "--steps=2", "--batch=3", "--ref_guidance=1.5", "--history_level=0.5", f"--out={out}"]
+           "--steps=2", "--batch=3", "--ref_guidance=1.5", "--history_level=0.5", "--modes=t2v,i2v,tf",
+           f"--out={out}"]
     run = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())
@@ -32,6 +33,11 @@ def test_evaluate_cli_writes_report_and_figures(tiny_run, tmp_path):
     assert "position_error" in report["i2v"]["by_length"]["4"]  # i2v knows the start position
     assert "position_error" not in report["t2v"]["by_length"]["4"]
     assert report["i2v"]["curves"]["clean"][0] == 1.0  # clean frames per frame; the rendered frame 0 is clean
+    # Teacher-forced: 3 videos x 3 steps each from the truth, scored as one-step predictions.
+    tf = report["tf"]["by_length"]["4"]
+    assert tf["num_steps"] == 9 and report["tf"]["by_length"]["2"]["num_steps"] == 3
+    assert 0.0 <= tf["travel_accuracy"] <= 1.0 and tf["position_error"] >= 0.0
+    assert "tf  " in run.stdout and "travel" in run.stdout
     assert Image.open(out / "drift.png").size == (1200, 300)
     assert Image.open(out / "samples.png").size[0] > 0
 

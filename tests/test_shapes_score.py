@@ -391,3 +391,35 @@ def test_score_batch_of_every_caption_at_64_frames():
     result = score.score_batch(videos, examples)
     assert_perfect(result)
     assert {"frame_accuracy@16", "frame_accuracy@64"} <= set(result) and "frame_accuracy@256" not in result
+
+
+def test_one_step_scores_of_teacher_forced_videos():
+    """Exact one-step predictions score perfectly; copying the previous true frame (no move) fails every step and
+    stays 1 px off; a frame pushed on into the wall fails exactly the bounce steps."""
+    starts = [(3, 20), (0, 5), (22, 11)]
+    cases = [{**shapes.sample_attributes("test", k), "x": x, "y": y} for k, (x, y) in enumerate(starts)]
+    true = np.stack([shapes.render_video(**a, size=32, num_frames=40) for a in cases])
+    r = score.one_step_scores(true, cases)
+    bounces = sum(int((np.diff(np.diff(shapes.trajectory(a["x"], a["y"], a["direction"], 32, 40), axis=0), axis=0)
+                       != 0).any(-1).sum()) for a in cases)
+    assert bounces > 0 and r["num_bounces"] == bounces and r["num_steps"] == 3 * 39
+    for k in ("travel_accuracy", "travel_first", "travel_bounce", "travel_straight", "on_position", "clean_fraction"):
+        assert r[k] == 1.0, k
+    assert r["position_error"] == pytest.approx(0.0, abs=1e-9)
+
+    copied = true.copy()
+    copied[:, 1:] = true[:, :-1]
+    r = score.one_step_scores(copied, cases)
+    assert r["travel_accuracy"] == 0.0 and r["position_error"] == pytest.approx(1.0) and r["on_position"] == 1.0
+
+    # Going on the way it came at every step (the object leaves its true track where the world bounces it).
+    pushed = true.copy()
+    for i, a in enumerate(cases):
+        track = shapes.trajectory(a["x"], a["y"], a["direction"], 32, 40)
+        for t in range(2, 40):
+            x, y = np.clip(2 * track[t - 1] - track[t - 2], 0, 22)
+            pushed[i, t] = shapes.render_video(**{**a, "x": int(x), "y": int(y)}, size=32, num_frames=1)[0]
+    r = score.one_step_scores(pushed, cases)
+    assert r["travel_bounce"] == 0.0 and r["travel_straight"] == 1.0 and r["travel_first"] == 1.0
+    with pytest.raises(ValueError, match="x and y"):
+        score.one_step_scores(true, [{k: v for k, v in a.items() if k not in ("x", "y")} for a in cases])

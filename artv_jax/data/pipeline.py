@@ -172,7 +172,7 @@ def sample_tuple(num_frames: int, num_ref_frames: int, stride_range: tuple[int, 
         raise ValueError(f"stride_range must be (lo, hi) with 1 <= lo <= hi, got {stride_range}")
     if num_ref_frames < 1:
         raise ValueError(f"num_ref_frames must be >= 1, got {num_ref_frames}")
-    _check_start_fraction(start_fraction)
+    _check_fraction(start_fraction)
     hi = min(hi, num_frames - 1)
     if hi < lo:
         raise ValueError(f"a clip of {num_frames} frames cannot hold a reference frame and a target at stride >= {lo}")
@@ -183,10 +183,10 @@ def sample_tuple(num_frames: int, num_ref_frames: int, stride_range: tuple[int, 
     return target, stride
 
 
-def _check_start_fraction(start_fraction: float) -> float:
-    if not 0.0 <= start_fraction <= 1.0:
-        raise ValueError(f"start_fraction must be in [0, 1], got {start_fraction}")
-    return float(start_fraction)
+def _check_fraction(value: float, name: str = "start_fraction") -> float:
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must be in [0, 1], got {value}")
+    return float(value)
 
 
 def reference_indices(target: int, stride: int, num_ref_frames: int) -> list[int]:
@@ -200,11 +200,27 @@ def reference_indices(target: int, stride: int, num_ref_frames: int) -> list[int
 
 
 def training_tuple(example: dict[str, Any], *, rng: np.random.Generator, num_ref_frames: int,
-                   stride_range: tuple[int, int], tokenize: Tokenize,
-                   start_fraction: float = 0.0) -> dict[str, np.ndarray]:
-    """One training tuple from one clip: target, refs (R, oldest first), anchor, tokens, stride, frame_index."""
+                   stride_range: tuple[int, int], tokenize: Tokenize, start_fraction: float = 0.0,
+                   bounce_fraction: float = 0.0) -> dict[str, np.ndarray]:
+    """One training tuple from one clip: target, refs (R, oldest first), anchor, tokens, stride, frame_index.
+
+    `bounce_fraction` (the shapes world, stride 1): the probability that the target is instead one of the
+    clip's bounce steps (`shapes.bounce_steps`, from the example's start x, y and direction), where the object
+    turns and the references' motion, carried on, would be wrong. A clip has at most a few of them in its 15
+    steps, and every one a long rollout meets decides whether the object goes on moving. Clips without a
+    bounce keep their draw. With 0 (the default) no extra random number is drawn.
+    """
     video = example["video"]
     i, s = sample_tuple(len(video), num_ref_frames, stride_range, rng, start_fraction)
+    if bounce_fraction and rng.random() < bounce_fraction:
+        if s != 1 or any(example.get(k) is None for k in ("x", "y", "direction")):
+            raise ValueError("bounce_fraction needs shapes-world clips at stride 1: examples with the start x, y "
+                             f"and direction (got stride {s}, keys {sorted(example)}).")
+        direction = example["direction"]
+        direction = direction.decode("utf-8") if isinstance(direction, bytes) else str(direction)
+        bounces = shapes.bounce_steps(int(example["x"]), int(example["y"]), direction, video.shape[1], len(video))
+        if bounces:
+            i = int(bounces[rng.integers(len(bounces))])
     frames = [_frame(video, k) for k in [0] + reference_indices(i, s, num_ref_frames) + [i]]
     caption = example["caption"]
     tokens = np.asarray(tokenize(caption.decode("utf-8") if isinstance(caption, bytes) else caption))
@@ -240,6 +256,7 @@ class _Sampler:
     seed: int
     shuffle: bool
     start_fraction: float = 0.0
+    bounce_fraction: float = 0.0
 
     def order(self, epoch: int) -> np.ndarray:
         local = np.arange(len(self.shard))
@@ -251,7 +268,7 @@ class _Sampler:
         rng = np.random.default_rng([self.seed, 1, epoch, g])
         out = training_tuple(self.shard.read(g), rng=rng, num_ref_frames=self.num_ref_frames,
                              stride_range=self.stride_range, tokenize=self.tokenize,
-                             start_fraction=self.start_fraction)
+                             start_fraction=self.start_fraction, bounce_fraction=self.bounce_fraction)
         out["example_id"] = np.int32(g)
         return out
 
@@ -282,7 +299,7 @@ class TupleIterator:
     def __init__(self, shard: HostShard, *, global_batch: int, tokenize: Tokenize, num_ref_frames: int = 1,
                  stride_range: tuple[int, int] = (1, 1), seed: int = 0, shuffle: bool = True,
                  num_epochs: int | None = None, prefetch: int = 2, num_threads: int = 1,
-                 state: dict[str, int] | None = None, start_fraction: float = 0.0):
+                 state: dict[str, int] | None = None, start_fraction: float = 0.0, bounce_fraction: float = 0.0):
         self._thread: threading.Thread | None = None
         self._pool = None
         self.batch_size = local_batch_size(global_batch, shard.process_count)
@@ -291,7 +308,7 @@ class TupleIterator:
             raise ValueError(f"this host's {len(shard)} examples are fewer than its batch of {self.batch_size}")
         # Checked here too, so a bad value fails at construction rather than at the first batch.
         self._sampler = _Sampler(shard, tokenize, self.batch_size, num_ref_frames, tuple(stride_range), seed, shuffle,
-                                 _check_start_fraction(start_fraction))
+                                 _check_fraction(start_fraction), _check_fraction(bounce_fraction, "bounce_fraction"))
         self._num_epochs, self._prefetch = num_epochs, max(1, prefetch)
         if num_threads > 1:
             self._pool = concurrent.futures.ThreadPoolExecutor(num_threads, "TupleIterator")

@@ -146,6 +146,14 @@ def trajectory(x: int, y: int, direction: str, size: int, num_frames: int) -> np
     return out
 
 
+def bounce_steps(x: int, y: int, direction: str, size: int, num_frames: int) -> list[int]:
+    """The frames i >= 1 whose step from frame i - 1 goes another way than the step before it (the object
+    bounced; at i = 1, another way than the caption's direction: it started against a wall)."""
+    corners = trajectory(x, y, direction, size, num_frames)
+    steps = np.concatenate([np.asarray(VELOCITIES[direction], np.int32)[None], np.diff(corners, axis=0)])
+    return [int(i) for i in np.flatnonzero((steps[1:] != steps[:-1]).any(-1)) + 1]
+
+
 def render_video(
     background: str,
     colour: str,

@@ -182,6 +182,11 @@ class Sampler:
         return jax.jit(chunk)
 
     @functools.cached_property
+    def generate_one(self):
+        """Jitted `frame_step`: (params, key, uncond, ctx, state, cond (B, L, D)) -> (state, frame (B, H, W, C))."""
+        return jax.jit(self.frame_step)
+
+    @functools.cached_property
     def generate_first(self):
         """Jitted: (params, key, cond, uncond, like (B, H, W, C)) -> frame 0 of a text-to-video.
 
@@ -275,6 +280,33 @@ def sample_video(sampler: Sampler, params, key, texts, uncond, *, first_frames=N
             out = np.asarray(out)[: n - start]
             frames.extend(out)
             bar.update(len(out))
+    return np.stack(frames)
+
+
+def sample_teacher_forced(sampler: Sampler, params, key, texts, uncond, true_frames,
+                          progress: bool = True) -> np.ndarray:
+    """Every frame after the first generated from the true frames before it; (N, B, H, W, C) latents as NumPy.
+
+    Frame i is the frame `sample_video` makes when it continues `true_frames[:i]` (the window of the last R
+    true frames, the true frame 0 as anchor, key fold_in(key, i)): the model's one-step prediction with no
+    error of its own in its history. Set beside a rollout it separates what the model cannot do in one step
+    from what its own frames' errors add (exposure bias). Frame 0 is `true_frames[0]`.
+
+    Args:
+      texts: (N, B, L, D) per-frame text embeddings; uncond: (B, L, D).
+      true_frames: (N, B, H, W, C) latents of the true video.
+    """
+    from tqdm.auto import tqdm
+
+    texts, true_frames = jnp.asarray(texts), jnp.asarray(true_frames, jnp.float32)
+    if true_frames.ndim != 5 or true_frames.shape[0] != texts.shape[0]:
+        raise ValueError(f"true_frames must be (N={texts.shape[0]}, B, H, W, C) latents, got shape "
+                         f"{true_frames.shape}.")
+    _, _, ctx = _start(sampler, params, key, texts, uncond, true_frames[:1], None, False)
+    frames = [np.asarray(true_frames[0])]
+    for i in tqdm(range(1, texts.shape[0]), unit="frame", desc="teacher-forced", disable=not progress):
+        _, frame = sampler.generate_one(params, key, uncond, ctx, initial_state(sampler, true_frames[:i]), texts[i])
+        frames.append(np.asarray(frame))
     return np.stack(frames)
 
 

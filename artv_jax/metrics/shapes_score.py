@@ -518,12 +518,17 @@ def _travel_ok(centroid: np.ndarray, track: np.ndarray) -> np.ndarray:
     The track moves 1 px per frame along each axis it moves on (diagonals on both): a step is right when the
     centroid moves at least TRAVEL_MIN px the same way along every such axis and under it along the others.
     """
-    step, true = np.diff(centroid, axis=1), np.diff(track, axis=1)
+    ok = _step_ok(np.diff(centroid, axis=1), np.diff(track, axis=1))
+    return np.concatenate([np.full(ok.shape[:1] + (1,), np.nan), ok], axis=1)
+
+
+def _step_ok(step: np.ndarray, true: np.ndarray) -> np.ndarray:
+    """(...,) float from (..., 2) steps: 1 where `step` goes the way of `true` (the travel rule), 0 where not or
+    the step is undefined (no object), NaN where `true` is."""
     with np.errstate(invalid="ignore"):
         along = np.where(true != 0, step * np.sign(true) >= TRAVEL_MIN, np.abs(step) < TRAVEL_MIN)
     ok = np.where(np.isnan(step).any(-1), 0.0, along.all(-1).astype(float))
-    ok = np.where(np.isnan(true).any(-1), np.nan, ok)
-    return np.concatenate([np.full(ok.shape[:1] + (1,), np.nan), ok], axis=1)
+    return np.where(np.isnan(true).any(-1), np.nan, ok)
 
 
 def _score(videos, attributes_list, value_range) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
@@ -686,6 +691,44 @@ def score_batch(videos, attributes_list, value_range: tuple[float, float] | None
             warnings.simplefilter("ignore", RuntimeWarning)
             out["curves"] = {k: np.nanmean(v.astype(np.float64), 0) for k, v in per_frame.items()}
     return out
+
+
+def one_step_scores(videos, attributes_list, value_range: tuple[float, float] | None = None) -> dict[str, float]:
+    """Scores of teacher-forced videos (N, T, S, S, 3): frame t >= 1 generated from the true frames before it
+    (`generate.generate(..., teacher_forced=True)`), so each frame is one step from the truth.
+
+    The attribute dicts must carry the start `x`, `y`. `travel_accuracy`: the steps whose frame moved from the
+    true previous position the true way (the travel rule of `_travel_ok`), split into `travel_first` (frame 1:
+    every reference is frame 0, only the caption says which way), `travel_bounce` (the true velocity flips at
+    this step; NaN if no step does) and `travel_straight` (the others). `position_error`: mean centroid distance
+    from the true centroid (a frame without an object counts S px); `on_position`: the fraction of frames
+    within TRACK_TOLERANCE of it. `clean_fraction`: clean generated frames. `num_steps`, `num_bounces`: counts.
+    """
+    a = np.asarray(videos)
+    if a.ndim != 5 or a.shape[1] < 2:
+        raise ValueError(f"expected videos (N, T >= 2, S, S, 3), got shape {a.shape}")
+    attributes_list = list(attributes_list)
+    scores, curves = _score(a, attributes_list, value_range)
+    track = _expected(attributes_list, a.shape[2], a.shape[1])["track"]
+    if np.isnan(track).any():
+        raise ValueError("teacher-forced videos are scored against their true track: every attribute dict needs "
+                         "the start x and y.")
+    r = _read_videos(a, value_range)
+    true = np.rint(np.diff(track, axis=1))  # (N, T-1, 2) whole-pixel steps (the shape's centre offset is float)
+    ok = _step_ok(r["centroid"][:, 1:] - track[:, :-1], true)
+    first = np.zeros(ok.shape, bool)
+    first[:, 0] = True
+    bounce = np.zeros(ok.shape, bool)
+    bounce[:, 1:] = (true[:, 1:] != true[:, :-1]).any(-1)
+    error = np.nan_to_num(curves["position_error"][:, 1:], nan=float(a.shape[2]))
+    mean = lambda x: float(x.mean()) if x.size else float("nan")
+    return {
+        "travel_accuracy": mean(ok), "travel_first": mean(ok[first]), "travel_bounce": mean(ok[bounce]),
+        "travel_straight": mean(ok[~first & ~bounce]),
+        "position_error": mean(error), "on_position": mean(error <= TRACK_TOLERANCE),
+        "clean_fraction": mean(curves["clean"][:, 1:]),
+        "num_steps": float(ok.size), "num_bounces": float(bounce.sum()),
+    }
 
 
 def benchmark(num_videos: int = 144, num_frames: int = 64, size: int = 32, repeats: int = 3) -> float:
