@@ -88,7 +88,8 @@ def test_art_v_from_the_base_starts_as_the_base(base):
     tokens = jnp.asarray(np.stack([b.tokenize("a red square moving right on a black background")] * 2))
     text = comps.encode_text(params, tokens)
     want = b.unet.apply({"params": b.unet_params}, x, t, text)
-    pred, mask_logits = comps.model.apply({"params": params["artv"]}, x, t, text, jnp.zeros((2, 16, 16, 12)),
+    refs = jnp.zeros((2, 16, 16, 12 * comps.model.config.num_ref_frames))
+    pred, mask_logits = comps.model.apply({"params": params["artv"]}, x, t, text, refs,
                                           jnp.zeros((2, 16, 16, 12)), jnp.zeros((2,)), drop_refs=jnp.ones((2,), bool))
     np.testing.assert_array_equal(np.asarray(pred), np.asarray(want))
     np.testing.assert_allclose(np.asarray(mask_logits), config.model.artv.mask_init_bias, atol=1e-6)

@@ -49,7 +49,7 @@ def _setup(**objective):
     comps, _ = components_lib.build(config)
     params = comps.init(jax.random.PRNGKey(0))
     rng = np.random.default_rng(0)
-    s, frames = comps.frame_size, 1 + config.objective.rollout_frames
+    s, frames = comps.frame_size, comps.model.config.num_ref_frames + config.objective.rollout_frames
     batch = {"target": rng.integers(0, 256, (4, s, s, 3), dtype=np.uint8),
              "refs": rng.integers(0, 256, (4, frames, s, s, 3), dtype=np.uint8),
              "anchor": rng.integers(0, 256, (4, s, s, 3), dtype=np.uint8),
@@ -72,21 +72,22 @@ def test_loss_trains_on_the_models_own_references(monkeypatch):
     before, _ = ts.loss_fn(comps, config, params, batch, key, step=jnp.int32(2))
     tf_config = config.copy_and_resolve_references()
     tf_config.objective.rollout_frames = 0
-    teacher, _ = ts.loss_fn(comps, tf_config, params, {**batch, "refs": batch["refs"][:, 1:]}, key)
+    teacher, _ = ts.loss_fn(comps, tf_config, params, {**batch, "refs": batch["refs"][:, 1:]}, key)  # the last R
     assert float(before) == float(teacher)
 
     after, _ = ts.loss_fn(comps, config, params, batch, key, step=jnp.int32(3))
     refs = seen[-1]
     latent = lambda frames: ts.latents_of(comps, params, frames)
-    window = jnp.concatenate([latent(batch["refs"][:, i]) for i in range(2)], -1)
+    r, c = comps.model.config.num_ref_frames, comps.model.latent_channels  # the default's R = 2, K = 1
+    window = jnp.concatenate([latent(batch["refs"][:, i]) for i in range(r + 1)], -1)
     caption = comps.encode_text(params, batch["tokens"])
     empty = jnp.broadcast_to(comps.encode_text(params, jnp.asarray(comps.tokenize(""))[None])[0], caption.shape)
     own = rollout.own_references(ts.rollout_sampler(comps, config), params["artv"], jax.random.fold_in(key, 4),
                                  window[:2], latent(batch["anchor"])[:2], caption[:2], empty[:2],
-                                 jnp.asarray(batch["frame_index"][:2]), jnp.asarray(batch["stride"][:2]), 1)
+                                 jnp.asarray(batch["frame_index"][:2]), jnp.asarray(batch["stride"][:2]), r)
     np.testing.assert_allclose(refs[:2], own, atol=1e-5)
-    np.testing.assert_array_equal(refs[2:], window[2:, ..., -comps.model.latent_channels:])
-    assert np.abs(np.asarray(refs[:2] - window[:2, ..., -comps.model.latent_channels:])).max() > 1e-2
+    np.testing.assert_array_equal(refs[2:], window[2:, ..., c:])
+    assert np.abs(np.asarray(refs[:2] - window[:2, ..., c:])).max() > 1e-2
     assert np.isfinite(float(after)) and float(after) != float(before)
 
 

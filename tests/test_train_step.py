@@ -20,7 +20,7 @@ def _setup(**objective):
     rng = np.random.default_rng(0)
     s = comps.frame_size
     batch = {"target": rng.integers(0, 256, (4, s, s, 3), dtype=np.uint8),
-             "refs": rng.integers(0, 256, (4, 1, s, s, 3), dtype=np.uint8),
+             "refs": rng.integers(0, 256, (4, comps.model.config.num_ref_frames, s, s, 3), dtype=np.uint8),
              "anchor": rng.integers(0, 256, (4, s, s, 3), dtype=np.uint8),
              "tokens": jnp.asarray(np.stack([comps.tokenize("a red square moving right on a black background")] * 4)),
              "frame_index": np.array([1, 2, 3, 1], np.int32), "stride": np.ones(4, np.int32)}
