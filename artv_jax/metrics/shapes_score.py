@@ -531,10 +531,14 @@ def _step_ok(step: np.ndarray, true: np.ndarray) -> np.ndarray:
     return np.where(np.isnan(true).any(-1), np.nan, ok)
 
 
-def _score(videos, attributes_list, value_range) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """Per-video scores (N,) and per-frame curves (N, T) for a stack of videos and their attributes."""
+def _score(videos, attributes_list, value_range, r: dict[str, np.ndarray] | None = None
+           ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Per-video scores (N,) and per-frame curves (N, T) for a stack of videos and their attributes.
+
+    `r`: the videos' `_read_videos` reading, where the caller already has it (else they are read here).
+    """
     videos = np.asarray(videos)
-    r = _read_videos(videos, value_range)
+    r = _read_videos(videos, value_range) if r is None else r
     n, t, size = videos.shape[:3]
     if len(attributes_list) != n:
         raise ValueError(f"got {n} videos but {len(attributes_list)} attribute sets / captions")
@@ -708,18 +712,20 @@ def one_step_scores(videos, attributes_list, value_range: tuple[float, float] | 
     if a.ndim != 5 or a.shape[1] < 2:
         raise ValueError(f"expected videos (N, T >= 2, S, S, 3), got shape {a.shape}")
     attributes_list = list(attributes_list)
-    scores, curves = _score(a, attributes_list, value_range)
-    track = _expected(attributes_list, a.shape[2], a.shape[1])["track"]
+    n, t, size = a.shape[:3]
+    track = _expected(attributes_list, size, t)["track"]
     if np.isnan(track).any():
         raise ValueError("teacher-forced videos are scored against their true track: every attribute dict needs "
                          "the start x and y.")
     r = _read_videos(a, value_range)
-    true = np.rint(np.diff(track, axis=1))  # (N, T-1, 2) whole-pixel steps (the shape's centre offset is float)
-    ok = _step_ok(r["centroid"][:, 1:] - track[:, :-1], true)
+    _, curves = _score(a, attributes_list, value_range, r)
+    ok = _step_ok(r["centroid"][:, 1:] - track[:, :-1], np.diff(track, axis=1))  # (N, T-1): step into frame 1..
     first = np.zeros(ok.shape, bool)
     first[:, 0] = True
-    bounce = np.zeros(ok.shape, bool)
-    bounce[:, 1:] = (true[:, 1:] != true[:, :-1]).any(-1)
+    bounce = np.zeros(ok.shape, bool)  # the world's bounces after the first step (shapes.bounce_steps, as trained)
+    for i, attrs in enumerate(map(_attributes, attributes_list)):
+        steps = [k for k in shapes.bounce_steps(int(attrs["x"]), int(attrs["y"]), attrs["direction"], size, t) if k > 1]
+        bounce[i, np.asarray(steps, int) - 1] = True
     error = np.nan_to_num(curves["position_error"][:, 1:], nan=float(a.shape[2]))
     mean = lambda x: float(x.mean()) if x.size else float("nan")
     return {
