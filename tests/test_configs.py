@@ -30,6 +30,7 @@ def _flat(config) -> dict:
     ("no_noise", {"objective.s_max": 0.0, "sample.ref_level": 0.0}),
     ("no_anchor", {"model.use_anchor": False}),
     ("r1", {"model.artv.num_ref_frames": 1}),
+    ("own_rollouts", {"objective.rollout_frames": 1, "objective.rollout_start": 1300}),
 ])
 def test_each_ablation_changes_one_component_and_keeps_the_budget(variant, changed):
     base, variant_config = _flat(shapes.get_config()), _flat(ablations.get_config(variant))
