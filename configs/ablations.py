@@ -5,11 +5,13 @@
     python -m artv_jax.train --config=configs/ablations.py:no_anchor --workdir=workdirs/ablations/no_anchor
     python -m artv_jax.train --config=configs/ablations.py:r1       --workdir=workdirs/ablations/r1
     python -m artv_jax.train --config=configs/ablations.py:own_rollouts --workdir=workdirs/ablations/own_rollouts
-    python -m artv_jax.evaluate --workdir=workdirs/ablations/no_mask --captions=16 --lengths=16,64 --modes=i2v
+    python -m artv_jax.evaluate --workdir=workdirs/ablations/no_mask --captions=48 --lengths=16,64 --modes=i2v \\
+        --steps=10
 
 Each variant keeps the default's data, model size, steps and batch (the same training budget).
-Expected: not yet re-measured on this default; the last table (an earlier default, 2026-12-01) is in
-docs/ablations.md.
+Expected (R = 2 default, 2026-12-07, docs/ablations.md): 64-frame image-to-video clean frames no_noise 0.74,
+no_anchor 0.76 (seed 0), own_rollouts 0.71 (two seeds), against the default's 0.75; r1 (seed 0) 0.70. no_mask is
+not yet re-measured on this default (the R = 1 table of 2026-12-01 is in docs/ablations.md).
 
 - no_mask:   m = 1 everywhere (plain diffusion conditioned on the references; no masked diffusion).
 - no_noise:  no noise augmentation of the references, in training (s_max = 0) and sampling (ref_level = 0).
