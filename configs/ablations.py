@@ -9,9 +9,9 @@
         --steps=10
 
 Each variant keeps the default's data, model size, steps and batch (the same training budget).
-Expected (R = 2 default, 2026-12-07, docs/ablations.md): 64-frame image-to-video clean frames no_noise 0.74,
-no_anchor 0.76 (seed 0), own_rollouts 0.71 (two seeds), against the default's 0.75; r1 (seed 0) 0.70. no_mask is
-not yet re-measured on this default (the R = 1 table of 2026-12-01 is in docs/ablations.md).
+Expected (R = 2 default, 2026-12-07, docs/ablations.md; means of seeds 0 and 1): 64-frame image-to-video
+clean frames / frames right no_mask 0.74 / 0.48, no_noise 0.74 / 0.47, no_anchor 0.74 / 0.50, own_rollouts
+0.71 / 0.46, against the default's 0.75 / 0.51; r1 (seed 0) 0.70 / 0.44.
 
 - no_mask:   m = 1 everywhere (plain diffusion conditioned on the references; no masked diffusion).
 - no_noise:  no noise augmentation of the references, in training (s_max = 0) and sampling (ref_level = 0).
