@@ -7,7 +7,8 @@ into <workdir>/image_base), then ART·V from it through model.pretrained, the pa
 
 Expected (2026-12-07, 2-core CPU; machine-dependent, docs/experiments.md): `eval.json` clean frames 0.82, one
 object 0.99, frames right 0.45, shape 0.48, direction 0.54 (chance 0.33 / 0.25), on track 0.00. one_stage
-(ART·V from scratch, the same 3600 UNet updates, seed 0): clean frames 0.63, shape 0.62, direction 0.21.
+(ART·V from scratch, the same 3600 UNet updates, seeds 0 / 1): clean frames 0.63 / 0.65, shape 0.62 / 0.60,
+direction 0.21 / 0.31.
 """
 
 from artv_jax import config as config_lib
