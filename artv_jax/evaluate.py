@@ -11,6 +11,7 @@ shape, motion direction, speed and object count off every frame
     python -m artv_jax.evaluate --workdir=W --captions=24 --lengths=16,64 --steps=10   # a quicker look
     python -m artv_jax.evaluate --workdir=W --modes=i2v --ref_guidance=1.5               # with history guidance
     python -m artv_jax.evaluate --workdir=W --modes=tf --lengths=16,64 --steps=10       # one step from the truth
+    python -m artv_jax.evaluate --compare=A/evaluation/report.json,B/evaluation/report.json  # B - A, paired
 
 `--modes=tf` (teacher-forced) generates every frame from the true frames
 before it (`shapes_score.one_step_scores`): the model's one-step skill, by
@@ -19,8 +20,14 @@ frames that a rollout adds. A rollout that does worse than its teacher-forced
 twin drifts (exposure bias); one that does as badly has not learned the step.
 
 Writes to `--out` (default `<workdir>/evaluation`): `report.json` (scores per
-mode and rollout length, per-frame drift curves), `drift.png` (frame accuracy
-and colour distance against frame index) and `samples.png` (a contact sheet).
+mode and rollout length, per-frame drift curves, per-video scores over the
+longest rollout), `drift.png` (frame accuracy and colour distance against
+frame index) and `samples.png` (a contact sheet).
+
+Every run scores the same cases for a given `--captions` (caption and start
+position), so two runs' reports pair video by video: `--compare` prints each
+score's mean difference and its standard error, a far tighter test than two
+independent means (`paired_gaps`).
 """
 
 from __future__ import annotations
@@ -100,9 +107,10 @@ def evaluate(comps, params, config, *, num_captions: int = 144, lengths=(16, 64,
     s = sampler.config
     cases = eval_cases(num_captions, comps.frame_size)
     key = jax.random.PRNGKey(seed)
-    report = {"num_captions": len(cases), "lengths": lengths, "sampler": {
-        "num_steps": s.num_steps, "text_guidance": s.text_guidance, "ref_level": s.ref_level, "eta": s.eta,
-        "ref_guidance": s.ref_guidance, "history_level": s.history_level}}
+    settings = {"num_steps": s.num_steps, "text_guidance": s.text_guidance, "ref_level": s.ref_level, "eta": s.eta,
+                "ref_guidance": s.ref_guidance, "history_level": s.history_level}
+    report = {"num_captions": len(cases), "captions": [c["caption"] for c in cases], "lengths": lengths,
+              "sampler": settings}
     videos = {}
     for mode in modes:
         t0 = time.time()
@@ -113,12 +121,46 @@ def evaluate(comps, params, config, *, num_captions: int = 144, lengths=(16, 64,
                             "seconds": round(time.time() - t0, 1)}
             continue
         attrs = cases if mode == "i2v" else [{k: c[k] for k in c if k not in ("x", "y")} for c in cases]
-        full = shapes_score.score_batch(v, attrs, drift_frames=lengths, curves=True)
+        full = shapes_score.score_batch(v, attrs, drift_frames=lengths, curves=True, per_video=True)
         by_length = {str(n): _finite(shapes_score.score_batch(v[:, :n], attrs, drift_frames=())) for n in lengths}
         report[mode] = {"by_length": by_length, "seconds": round(time.time() - t0, 1),
-                        "curves": {k: [round(float(x), 5) if np.isfinite(x) else None for x in full["curves"][k]]
-                                   for k in CURVES}}
+                        "curves": {k: _rounded(full["curves"][k]) for k in CURVES},
+                        "per_video": {k: _rounded(x) for k, x in full["per_video"].items()}}
     return report, videos
+
+
+def _rounded(values) -> list:
+    """A float array as a JSON list: 5 decimals, None for NaN."""
+    return [round(float(x), 5) if np.isfinite(x) else None for x in values]
+
+
+def paired_gaps(base: dict, other: dict, mode: str = "i2v") -> dict[str, dict[str, float]]:
+    """`other` - `base` per score of two `evaluate` reports on the same cases, paired video by video.
+
+    For each per-video score (over the longest rollout): `gap`, the mean of the per-video differences, `se`, its
+    standard error (NaN below two pairs), and `n`, the pairs where both runs have the score. Two runs differ
+    beyond the sampling noise of their videos where |gap| > 2 se; the noise of training is another matter
+    (seeds). Raises ValueError unless both reports hold `mode` over the same captions and lengths.
+    """
+    for name, r in (("base", base), ("other", other)):
+        if not isinstance(r, dict) or "lengths" not in r:
+            raise ValueError(f"the {name} report is not an evaluate report.json (no 'lengths').")
+        if "per_video" not in r.get(mode, {}):
+            raise ValueError(f"the {name} report has no per-video {mode!r} scores (an evaluate report from before "
+                             f"per-video scores, or without --modes={mode}).")
+    if base.get("captions") != other.get("captions") or base["lengths"] != other["lengths"]:
+        raise ValueError(f"the reports are not on the same cases: {base['num_captions']} against "
+                         f"{other['num_captions']} captions, lengths {base['lengths']} against {other['lengths']}.")
+    out = {}
+    for k, a in base[mode]["per_video"].items():
+        if k not in other[mode]["per_video"]:
+            continue
+        a = np.array(a, np.float64)  # None -> NaN
+        d = np.array(other[mode]["per_video"][k], np.float64) - a
+        d = d[np.isfinite(d)]
+        se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan")
+        out[k] = {"gap": float(d.mean()) if len(d) else float("nan"), "se": se, "n": int(len(d))}
+    return out
 
 
 def text_to_video_scores(comps, params, config, key) -> dict:
@@ -209,6 +251,8 @@ def main(argv):
     from absl import flags
 
     FLAGS = flags.FLAGS
+    if FLAGS.compare:
+        return compare_main(FLAGS.compare)
     with runs.usage_errors("artv_jax.evaluate"):
         if not FLAGS.workdir:
             raise runs.UsageError("give --workdir (a training run).")
@@ -239,6 +283,24 @@ def main(argv):
     print(f"wrote {out}/report.json, drift.png, samples.png")
 
 
+def compare_main(paths) -> None:
+    """`--compare=BASE,OTHER`: prints `paired_gaps` of two report.json files for each mode both hold."""
+    with runs.usage_errors("artv_jax.evaluate", OSError, json.JSONDecodeError):
+        if len(paths) != 2:
+            raise runs.UsageError(f"--compare takes two report.json paths (BASE,OTHER), got {len(paths)}.")
+        base, other = (json.loads(storage.read_text(p)) for p in paths)
+        modes = [m for m in ROLLOUTS if m in base and m in other]
+        if not modes:
+            raise runs.UsageError(f"{paths[0]} and {paths[1]} hold no rollout mode (t2v, i2v) in common.")
+        gaps = {m: paired_gaps(base, other, m) for m in modes}
+    print(f"{paths[1]} - {paths[0]}, paired over {base['num_captions']} videos, {base['lengths'][-1]} frames "
+          "(* beyond 2 s.e.):")
+    for m, rows in gaps.items():
+        for k, g in rows.items():
+            mark = "*" if abs(g["gap"]) > 2 * g["se"] else " "
+            print(f"{m} {k:<20s} {g['gap']:+8.3f} ± {g['se']:.3f} {mark} (n = {g['n']})")
+
+
 def _define_flags():
     from absl import flags
 
@@ -255,6 +317,8 @@ def _define_flags():
     flags.DEFINE_integer("batch", 48, "Videos generated together.")
     flags.DEFINE_integer("seed", 0, "Random seed.")
     flags.DEFINE_string("out", "", "Output directory (default <workdir>/evaluation).")
+    flags.DEFINE_list("compare", [], "BASE,OTHER: two report.json files on the same captions; prints OTHER - BASE "
+                      "per score, paired video by video, with standard errors (no model is loaded).")
 
 
 if __name__ == "__main__":

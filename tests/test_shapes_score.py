@@ -286,6 +286,38 @@ def test_fading_object_drifts():
     assert result["curves"]["colour_distance"].shape == (64,)
 
 
+def test_per_video_scores_are_each_videos_own_and_average_to_the_batch():
+    """Per-video scores: each equals the video scored alone, and their means are the batch's scores."""
+    examples = split_examples(32, 6, 24)
+    videos = np.stack([ex["video"] for ex in examples])
+    videos[1] = degrade(videos[1], 30)                               # grain: frames unclean
+    videos[2, 12:] = videos[2, 11]                                   # stops half way: travel fails
+    videos[3, 8:] = shapes.BACKGROUNDS[examples[3]["background"]]    # vanishes: no object, position off
+    # The other way from mid-canvas (no bounce that could read as the caption's direction): wrong direction.
+    opposite = {"left": "right", "right": "left", "up": "down", "down": "up"}[examples[4]["direction"]]
+    mid = (32 - shapes.box_size(32)) // 2
+    videos[4] = shapes.render_video(**{k: examples[4][k] for k in ("background", "colour", "shape")},
+                                    direction=opposite, x=mid, y=mid, num_frames=24)
+    result = score.score_batch(videos, examples, per_video=True)
+    per_video = result["per_video"]
+    assert sorted(per_video) == sorted(score.PER_VIDEO)
+    assert all(v.shape == (6,) for v in per_video.values())
+    for k in score.PER_VIDEO:
+        if k != "travel_accuracy":  # the batch's travel pools the frame steps: equal only with equal counts
+            np.testing.assert_allclose(per_video[k].mean(), result[k], rtol=1e-12, err_msg=k)
+    for i, (video, ex) in enumerate(zip(videos, examples)):
+        alone = score.score_video(video, ex)
+        own = {"travel_accuracy": np.nanmean(alone["curves"]["travel_ok"]),
+               **{f"{k}_accuracy": float(alone[f"{k}_ok"]) for k in ("all", "shape", "direction")}}
+        for k in score.PER_VIDEO:
+            np.testing.assert_allclose(per_video[k][i], own.get(k, alone.get(k)), rtol=1e-12, err_msg=f"{k} {i}")
+    # The damage shows where it was done, and only there.
+    assert per_video["clean_fraction"][0] == 1.0 and per_video["clean_fraction"][1] < 0.5
+    assert per_video["travel_accuracy"][2] < per_video["travel_accuracy"][0] == 1.0
+    assert per_video["position_error"][3] > 5 and per_video["direction_accuracy"][4] == 0.0
+    assert "per_video" not in score.score_batch(videos, examples)
+
+
 # --------------------------------------------------------------------------
 # Errors and speed.
 # --------------------------------------------------------------------------

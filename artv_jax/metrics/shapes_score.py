@@ -656,8 +656,15 @@ def drift_curve(frames, attributes, value_range: tuple[float, float] | None = No
     return score_video(frames, attributes, value_range)["curves"]
 
 
+# Per-video scores `score_batch(per_video=True)` returns: 0/1 per video for the accuracies, each video's own
+# mean for the rest (travel: over its own frame steps). Two runs scored on the same cases pair video by video.
+PER_VIDEO = ("all_accuracy", "shape_accuracy", "direction_accuracy", "frame_accuracy", "clean_fraction",
+             "clean_last_quarter", "colour_distance", "area_error", "position_error", "travel_accuracy")
+
+
 def score_batch(videos, attributes_list, value_range: tuple[float, float] | None = None,
-                drift_frames: Sequence[int] = DRIFT_FRAMES, curves: bool = False) -> dict[str, Any]:
+                drift_frames: Sequence[int] = DRIFT_FRAMES, curves: bool = False,
+                per_video: bool = False) -> dict[str, Any]:
     """Mean scores of N videos (N, T, S, S, 3) against N captions or attribute dicts.
 
     Floats: `background_accuracy`, `colour_accuracy`, `shape_accuracy`,
@@ -669,7 +676,9 @@ def score_batch(videos, attributes_list, value_range: tuple[float, float] | None
     start x, y, the exact track, else the one started at the object's own frame-0 position; `_travel_ok`),
     and for each 1-based frame number f in `drift_frames` with f <= T:
     `frame_accuracy@f`, `colour_distance@f`, `area_error@f`, `clean@f` (means over videos at
-    that frame). With `curves=True`, `curves` holds the per-frame means (T,).
+    that frame). With `curves=True`, `curves` holds the per-frame means (T,); with `per_video=True`,
+    `per_video` holds the `PER_VIDEO` scores of each video (N,), NaN where a video has none (position without
+    x, y; travel without an object in two frames in a row).
     """
     scores, per_frame = _score(videos, list(attributes_list), value_range)
     out: dict[str, Any] = {"num_videos": int(len(scores["speed"]))}
@@ -694,6 +703,13 @@ def score_batch(videos, attributes_list, value_range: tuple[float, float] | None
         with warnings.catch_warnings():  # all-NaN columns (speed at t = 0, position without x, y) stay NaN
             warnings.simplefilter("ignore", RuntimeWarning)
             out["curves"] = {k: np.nanmean(v.astype(np.float64), 0) for k, v in per_frame.items()}
+    if per_video:
+        with warnings.catch_warnings():  # a video without a single scored step keeps travel NaN
+            warnings.simplefilter("ignore", RuntimeWarning)
+            travel_per_video = np.nanmean(travel.astype(np.float64), 1)
+        own = {"travel_accuracy": travel_per_video,
+               **{f"{k}_accuracy": scores[f"{k}_ok"] for k in ("all", "shape", "direction")}}
+        out["per_video"] = {k: np.asarray(own[k] if k in own else scores[k], np.float64) for k in PER_VIDEO}
     return out
 
 
