@@ -44,10 +44,16 @@ def test_last_batch_is_padded_by_its_last_video_and_keyed_by_its_start(tiny):
     np.testing.assert_array_equal(got[1], tail[:1])
     np.testing.assert_array_equal(got[1][:, 0], first[2:, 0])  # the given frame is kept
     # Noise is drawn per element (threefry partitionable), so padding leaves the real videos as an unpadded
-    # batch makes them: the same videos as before batches were padded.
+    # batch makes them: the same noise as before batches were padded. XLA may pick other kernels for another
+    # batch size (on some CPUs a pixel then rounds the other way), so the same video is within one level;
+    # another key's noise gives a different video.
     alone = generate.generate(comps, params, sampler, [PROMPTS[2]], 3, jax.random.fold_in(key, 2),
                               first_frames=first[2:])
-    np.testing.assert_array_equal(got[1], alone)
+    off = np.abs(got[1].astype(int) - alone.astype(int))
+    assert off.max() <= 1 and (off > 0).mean() < 0.01, (off.max(), (off > 0).mean())
+    other_key = generate.generate(comps, params, sampler, [PROMPTS[2]], 3, jax.random.fold_in(key, 3),
+                                  first_frames=first[2:])
+    assert np.abs(other_key[:, 1:].astype(int) - alone[:, 1:].astype(int)).mean() > 5
 
     everything = generate.generate_all(comps, params, sampler, PROMPTS, 3, key, batch=2, first_frames=first)
     np.testing.assert_array_equal(everything, np.concatenate(got))
